@@ -1,0 +1,298 @@
+"""The ``listfilter`` command line (sync side, built with click).
+
+The mail-side commands (``deliver``) are dispatched by
+:mod:`listfilter.launcher` before this module is imported, so a message never
+pays for click; they are declared here too so that ``--help`` lists them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import config as C
+from . import maps as M
+from . import roster as R
+from . import snapshot as S
+from . import sync as Y
+
+EXIT_PROBLEM = 1
+EXIT_CONFIG = 2
+
+
+def fail(message: str, code: int = EXIT_PROBLEM):
+    click.echo(f"listfilter: {message}", err=True)
+    sys.exit(code)
+
+
+def handled(fn):
+    """Turn the known error classes into one line on stderr and an exit status."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except C.ConfigError as exc:
+            fail(f"config error: {exc}", EXIT_CONFIG)
+        except R.RosterError as exc:
+            fail(f"roster unavailable: {exc}; nothing was changed")
+        except M.MapError as exc:
+            fail(f"postfix: {exc}")
+        except S.SnapshotError as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+def load_config(ctx: click.Context) -> C.Config:
+    return C.load(ctx.obj["config"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", envvar=C.CONFIG_ENV,
+              default=C.DEFAULT_CONFIG, show_default=True, show_envvar=True,
+              help="The list config (TOML).")
+@click.version_option(package_name="listfilter")
+@click.pass_context
+def cli(ctx, config_path):
+    """Roster-driven mailing lists on Postfix.
+
+    `sync` (from cron) renders the snapshot and Postfix maps from the list
+    config and the roster; Postfix's pipe runs `deliver` for each message.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config_path
+
+
+# ---------------------------------------------------------------- sync
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Write nothing; print a diff of every map and of the snapshot summary.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print one line per list.")
+@click.pass_context
+@handled
+def sync(ctx, dry_run, verbose):
+    """Compile the roster into the snapshot and Postfix maps.
+
+    Writes only what changed (atomically), runs postmap for changed maps and
+    `postfix reload` when a map changed. If the roster or the config cannot be
+    read, nothing is touched and the exit status is non-zero.
+    """
+    config = load_config(ctx)
+    if dry_run:
+        plan = Y.plan(config)
+        _print_dry_run(config, plan)
+        return
+    started = time.monotonic()
+    result = Y.run(config)
+    for warning in result.warnings:
+        click.echo(f"listfilter: warning: {warning}", err=True)
+    plan = result.plan
+    if verbose:
+        for line in Y.snapshot_summary(plan.lists):
+            click.echo(line, nl=False)
+    what = []
+    if plan.snapshot_changed:
+        what.append("snapshot")
+    what.extend(f"map {n}" for n in plan.maps_changed)
+    members = sum(len(l.members) for l in plan.lists)
+    status = ("updated " + ", ".join(what)) if what else "unchanged"
+    reload_note = "; postfix reloaded" if result.reloaded else ""
+    click.echo(f"sync: {len(plan.lists)} lists, {members} memberships: {status}{reload_note}"
+               f" ({time.monotonic() - started:.2f} s)")
+
+
+def _print_dry_run(config: C.Config, plan: Y.Plan) -> None:
+    import difflib
+
+    click.echo(M.diff(config, plan.maps), nl=False)
+    old = Y.installed_summary(config)
+    new = Y.snapshot_summary(plan.lists)
+    snap = str(config.site.snapshot_path)
+    click.echo("".join(difflib.unified_diff(old, new, fromfile=snap if old else "/dev/null",
+                                            tofile=snap + " (summary)")), nl=False)
+    changes = (["snapshot"] if plan.snapshot_changed else []) + plan.maps_changed
+    click.echo(f"dry run: would update {', '.join(changes)}" if changes else "dry run: nothing would change")
+
+
+@cli.command("maps")
+@click.pass_context
+@handled
+def maps_cmd(ctx):
+    """Print the Postfix maps that sync would install."""
+    config = load_config(ctx)
+    plan = Y.plan(config)
+    for name, text in plan.maps.items():
+        click.echo(f"# ==> {config.site.map_dir / name} <==")
+        click.echo(text)
+
+
+# ---------------------------------------------------------------- lists
+
+
+def _compiled(config: C.Config) -> list[S.CompiledList]:
+    return S.compile_lists(config, R.load(config))
+
+
+@cli.command("lists")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@handled
+def lists_cmd(ctx, as_json):
+    """Show every list address with its member count and who may post (live from the roster)."""
+    config = load_config(ctx)
+    lists = _compiled(config)
+    if as_json:
+        click.echo(json.dumps([
+            {"address": l.address, "name": l.name, "display_name": l.display_name,
+             "description": l.description, "members": len(l.members), "posters": len(l.posters),
+             "posters_rule": l.posters_rule, "reply_to": l.reply_to, "owners": list(l.owners)}
+            for l in lists], indent=2))
+        return
+    for l in lists:
+        click.echo(f"{l.address}\t{l.display_name}\t{len(l.members)} members\tposters: {l.posters_rule}")
+
+
+@cli.command()
+@click.argument("list_name", metavar="LIST")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@handled
+def members(ctx, list_name, as_json):
+    """Show the members of LIST (a list address, or a list name for every domain it is on)."""
+    config = load_config(ctx)
+    wanted = list_name.lower()
+    lists = [l for l in _compiled(config) if wanted in (l.address, l.name.lower())]
+    if not lists:
+        fail(f"no list {list_name!r} (see `listfilter lists`)")
+    if as_json:
+        click.echo(json.dumps({l.address: [{"email": e, "name": n} for e, n in l.members] for l in lists},
+                              indent=2))
+        return
+    for l in lists:
+        if len(lists) > 1:
+            click.echo(f"# {l.address}")
+        for email, name in l.members:
+            click.echo(f"{email}\t{name}" if name else email)
+
+
+# ---------------------------------------------------------------- check
+
+
+@cli.command()
+@click.option("--offline", is_flag=True, help="Check the config file only; do not read the roster or the state.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def check(ctx, offline, as_json):
+    """Check the config, the roster, the snapshot and the maps.
+
+    Exit status: 0 all good, 1 a problem found, 2 the config is invalid.
+    """
+    results: list[tuple[str, bool, str]] = []
+    try:
+        config = load_config(ctx)
+        results.append(("config", True, f"{config.path}: {len(config.lists)} lists on {len(config.domains)} domains"))
+    except C.ConfigError as exc:
+        results.append(("config", False, str(exc)))
+        _report(results, as_json)
+        sys.exit(EXIT_CONFIG)
+    if not offline:
+        results.extend(_online_checks(config))
+    _report(results, as_json)
+    sys.exit(0 if all(ok for _, ok, _ in results) else EXIT_PROBLEM)
+
+
+def _online_checks(config: C.Config):
+    try:
+        rows = R.load(config)
+        yield "roster", True, f"{config.roster.source}: {len(rows)} enrollment rows"
+    except R.RosterError as exc:
+        rows = None
+        yield "roster", False, str(exc)
+    if config.postfix.map_type != "texthash":
+        postmap = config.postfix.command_directory / "postmap"
+        yield "postmap", postmap.exists(), str(postmap) + ("" if postmap.exists() else " not found")
+    try:
+        with S.Snapshot(config.site.snapshot_path) as snap:
+            age = time.time() - config.site.snapshot_path.stat().st_mtime
+            yield "snapshot", True, (f"{config.site.snapshot_path}: {len(snap.lists())} lists,"
+                                     f" generated {snap.meta.get('generated_at')} ({age / 60:.0f} min ago)")
+    except S.SnapshotError as exc:
+        yield "snapshot", False, str(exc)
+    if rows is not None:
+        plan = Y.plan(config, rows)
+        stale = (["snapshot"] if plan.snapshot_changed else []) + plan.maps_changed
+        yield "up to date", not stale, ("installed maps and snapshot match the roster" if not stale
+                                        else "out of date: " + ", ".join(stale) + " (run listfilter sync)")
+
+
+def _report(results, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": all(ok for _, ok, _ in results),
+                               "checks": [{"name": n, "ok": ok, "detail": d} for n, ok, d in results]},
+                              indent=2))
+        return
+    for name, ok, detail in results:
+        click.echo(f"{'ok' if ok else 'PROBLEM':8} {name}: {detail}")
+
+
+# ---------------------------------------------------------------- postfix
+
+
+@cli.command("postfix-config")
+@click.option("--listfilter", "listfilter_path", metavar="PATH",
+              help="Path of the listfilter program for master.cf (default: this one).")
+@click.pass_context
+@handled
+def postfix_config(ctx, listfilter_path):
+    """Print the main.cf settings and master.cf entries for this config."""
+    from .templating import render
+
+    config = load_config(ctx)
+    program = listfilter_path or shutil.which("listfilter") or str(Path(sys.argv[0]).resolve())
+    context = postfix_context(config, program)
+    click.echo(render("postfix/main.cf.j2", **context))
+    click.echo(render("postfix/master.cf.j2", **context), nl=False)
+
+
+def postfix_context(config: C.Config, program: str) -> dict:
+    return {
+        "config": config,
+        "config_path": str(config.path),
+        "program": program,
+        "transport": config.site.transport,
+        "relayhost": relayhost(config.site.relay),
+        "maps": {name: M.map_reference(config, name) for name in M.MAP_NAMES},
+    }
+
+
+def relayhost(relay: str | None) -> str | None:
+    """``host:port`` as Postfix's relayhost wants it: ``[host]:port`` (no MX lookup)."""
+    if not relay or relay.startswith("["):
+        return relay
+    host, sep, port = relay.rpartition(":")
+    return f"[{host}]:{port}" if sep and port.isdigit() else f"[{relay}]"
+
+
+# ---------------------------------------------------------------- mail side
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.pass_context
+def deliver(ctx):
+    """Filter one message from Postfix's pipe (stdin). `listfilter deliver --help` for options."""
+    from .launcher import run_mail_command
+
+    sys.exit(run_mail_command(["--config", ctx.obj["config"], "deliver", *ctx.args]))
+
+
+def main(argv=None):
+    cli(args=argv, prog_name="listfilter")

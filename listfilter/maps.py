@@ -1,0 +1,152 @@
+"""The Postfix lookup tables: what they contain (pure) and installing them (I/O).
+
+Four tables, each a text source in the map directory plus its indexed file:
+
+- ``domains``: relay_domains, the list domains;
+- ``recipients``: relay_recipient_maps, every address Postfix accepts there;
+- ``transport``: transport_maps, list addresses to the pipe transport;
+- ``virtual``: virtual_alias_maps, each list's -owner to its owners.
+
+Installing follows Postfix's DATABASE_README: ``postmap`` builds the index
+under a temporary name, then the index and the source are renamed into place,
+so Postfix never reads a half-written table.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .config import Config, service_addresses
+
+MAP_NAMES = ("domains", "recipients", "transport", "virtual")
+_INDEX_SUFFIX = {"hash": ".db", "btree": ".db", "cdb": ".cdb", "lmdb": ".lmdb", "texthash": None}
+
+
+class MapError(Exception):
+    """postmap or postfix failed; the message is one line for the operator."""
+
+
+def render(config: Config, lists) -> dict[str, str]:
+    """The text of every map for these compiled lists (pure)."""
+    from .templating import render as render_template
+
+    context = {
+        "config_path": str(config.path),
+        "transport": config.site.transport,
+        "domains": sorted({l.domain for l in lists} | set(config.domains)),
+        "lists": [
+            {
+                "local_part": l.local_part,
+                "domain": l.domain,
+                "owners": l.owners,
+                "addresses": service_addresses(l.local_part, l.domain),
+            }
+            for l in lists
+        ],
+    }
+    return {name: render_template(f"postfix/{name}.j2", **context) for name in MAP_NAMES}
+
+
+def map_reference(config: Config, name: str) -> str:
+    """How main.cf names a table, e.g. ``hash:/var/lib/listfilter/postfix/transport``."""
+    return f"{config.postfix.map_type}:{config.site.map_dir / name}"
+
+
+def installed(config: Config) -> dict[str, str | None]:
+    out = {}
+    for name in MAP_NAMES:
+        try:
+            out[name] = (config.site.map_dir / name).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            out[name] = None
+    return out
+
+
+def changed(config: Config, maps: dict[str, str]) -> list[str]:
+    """Names of the maps whose source or index differs from what is installed."""
+    current = installed(config)
+    suffix = _INDEX_SUFFIX[config.postfix.map_type]
+    out = []
+    for name, text in maps.items():
+        index_missing = suffix is not None and not (config.site.map_dir / (name + suffix)).exists()
+        if current[name] != text or index_missing:
+            out.append(name)
+    return out
+
+
+def diff(config: Config, maps: dict[str, str]) -> str:
+    """A unified diff of every map against what is installed."""
+    current = installed(config)
+    chunks = []
+    for name, text in maps.items():
+        old = current[name]
+        path = str(config.site.map_dir / name)
+        chunks.extend(difflib.unified_diff(
+            (old or "").splitlines(keepends=True), text.splitlines(keepends=True),
+            fromfile=path if old is not None else "/dev/null", tofile=path))
+    return "".join(chunks)
+
+
+def install(config: Config, maps: dict[str, str], names: list[str]) -> None:
+    """Write and index the named maps atomically."""
+    directory = config.site.map_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    suffix = _INDEX_SUFFIX[config.postfix.map_type]
+    for name in names:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        index_tmp = tmp + suffix if suffix else None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(maps[name])
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            if suffix:
+                run_postfix(config, "postmap", f"{config.postfix.map_type}:{tmp}")
+                os.chmod(index_tmp, 0o644)
+                os.replace(index_tmp, directory / (name + suffix))
+            os.replace(tmp, directory / name)
+        finally:
+            for leftover in (tmp, index_tmp):
+                if leftover:
+                    try:
+                        os.unlink(leftover)
+                    except FileNotFoundError:
+                        pass
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def reload(config: Config) -> str | None:
+    """``postfix reload``; returns a warning instead of failing if Postfix is not running."""
+    try:
+        run_postfix(config, "postfix", "reload")
+    except MapError as exc:
+        if "not running" in str(exc):
+            return f"Postfix is not running; it will read the new maps when it starts ({exc})"
+        raise
+    return None
+
+
+def run_postfix(config: Config, program: str, *args: str) -> str:
+    argv = [str(config.postfix.command_directory / program)]
+    if config.postfix.config_directory:
+        argv += ["-c", str(config.postfix.config_directory)]
+    argv += list(args)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise MapError(f"{argv[0]} not found (is Postfix installed? see postfix.command_directory)") from None
+    except subprocess.TimeoutExpired:
+        raise MapError(f"{' '.join(argv)} timed out") from None
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise MapError(f"{' '.join(argv)} failed: {lines[-1] if lines else 'exit ' + str(proc.returncode)}")
+    return proc.stdout

@@ -1,0 +1,111 @@
+"""``listfilter sync``: config + roster → snapshot and Postfix maps.
+
+Order matters for "nothing lost": everything that can fail without changing
+anything (config, roster, rendering) happens first; only then are the
+snapshot and the maps replaced, each atomically. An unchanged re-sync writes
+nothing and does not reload Postfix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from . import maps as M
+from . import roster as R
+from . import snapshot as S
+from .config import Config
+
+
+@dataclass
+class Plan:
+    """What a sync would do, computed without touching anything."""
+
+    lists: list[S.CompiledList]
+    digest: str
+    snapshot_changed: bool
+    maps: dict[str, str]
+    maps_changed: list[str]
+
+
+@dataclass
+class Result:
+    plan: Plan
+    reloaded: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.plan.snapshot_changed or bool(self.plan.maps_changed)
+
+
+def plan(config: Config, rows: list[R.Enrollment] | None = None) -> Plan:
+    """Read the roster (unless rows are given) and compare with what is installed."""
+    if rows is None:
+        rows = R.load(config)
+    lists = S.compile_lists(config, rows)
+    digest = S.digest(lists)
+    maps = M.render(config, lists)
+    return Plan(
+        lists=lists,
+        digest=digest,
+        snapshot_changed=S.installed_digest(config.site.snapshot_path) != digest,
+        maps=maps,
+        maps_changed=M.changed(config, maps),
+    )
+
+
+def apply(config: Config, p: Plan) -> Result:
+    """Install what the plan says changed: snapshot first, then maps, then reload."""
+    result = Result(p)
+    if p.snapshot_changed:
+        S.write(config.site.snapshot_path, p.lists, {
+            "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": str(config.path),
+        })
+    if p.maps_changed:
+        M.install(config, p.maps, p.maps_changed)
+        if config.postfix.reload:
+            warning = M.reload(config)
+            if warning:
+                result.warnings.append(warning)
+            else:
+                result.reloaded = True
+    return result
+
+
+def run(config: Config) -> Result:
+    """One whole sync, serialised against other syncs by a lock file."""
+    with lock(config):
+        return apply(config, plan(config))
+
+
+@contextmanager
+def lock(config: Config):
+    """An exclusive lock in the state directory; a second sync waits for the first."""
+    config.site.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config.site.state_dir / "sync.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def snapshot_summary(lists) -> list[str]:
+    return [l.summary() + "\n" for l in lists]
+
+
+def installed_summary(config: Config) -> list[str]:
+    """The installed snapshot's summary lines (empty if there is none)."""
+    try:
+        with S.Snapshot(config.site.snapshot_path) as snap:
+            return [
+                S.summary_line(l.address, l.member_count, len(snap.posters(l.address)), l.posters_rule) + "\n"
+                for l in snap.lists()
+            ]
+    except S.SnapshotError:
+        return []

@@ -1,0 +1,39 @@
+"""Finding and rendering the Jinja2 templates (sync side and rare mail paths).
+
+The templates live in the repository's top-level ``templates/`` directory; a
+non-editable install carries them as ``listfilter/templates``. Jinja2 is
+imported lazily: the per-message path must not pay for it unless it renders
+something (a refusal notice).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+
+def template_dir() -> Path:
+    """The templates directory, in a checkout or in an installed package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "templates", here / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"listfilter templates not found near {here}")
+
+
+@lru_cache(maxsize=None)
+def environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=jinja2.select_autoescape(["html", "html.j2"]),
+    )
+
+
+def render(name: str, **context) -> str:
+    return environment().get_template(name).render(**context)
