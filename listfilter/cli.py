@@ -253,32 +253,12 @@ def _report(results, as_json: bool) -> None:
 @handled
 def postfix_config(ctx, listfilter_path):
     """Print the main.cf settings and master.cf entries for this config."""
-    from .templating import render
+    from . import postfixconf
 
     config = load_config(ctx)
     program = listfilter_path or shutil.which("listfilter") or str(Path(sys.argv[0]).resolve())
-    context = postfix_context(config, program)
-    click.echo(render("postfix/main.cf.j2", **context))
-    click.echo(render("postfix/master.cf.j2", **context), nl=False)
-
-
-def postfix_context(config: C.Config, program: str) -> dict:
-    return {
-        "config": config,
-        "config_path": str(config.path),
-        "program": program,
-        "transport": config.site.transport,
-        "relayhost": relayhost(config.site.relay),
-        "maps": {name: M.map_reference(config, name) for name in M.MAP_NAMES},
-    }
-
-
-def relayhost(relay: str | None) -> str | None:
-    """``host:port`` as Postfix's relayhost wants it: ``[host]:port`` (no MX lookup)."""
-    if not relay or relay.startswith("["):
-        return relay
-    host, sep, port = relay.rpartition(":")
-    return f"[{host}]:{port}" if sep and port.isdigit() else f"[{relay}]"
+    click.echo(postfixconf.main_cf(config, program))
+    click.echo(postfixconf.master_cf(config, program), nl=False)
 
 
 # ---------------------------------------------------------------- mail side

@@ -217,7 +217,7 @@ class Snapshot:
         return [_list_row(r) for r in self._q("SELECT * FROM lists ORDER BY domain, local_part")]
 
     def members(self, address: str) -> list[tuple[str, str]]:
-        return self._q("SELECT email, name FROM members WHERE list = ? ORDER BY email", (address.lower(),))
+        return self._q("SELECT email, name FROM members WHERE list = ? ORDER BY email COLLATE NOCASE", (address.lower(),))
 
     def posters(self, address: str) -> list[str]:
         return [r[0] for r in self._q("SELECT email FROM posters WHERE list = ? ORDER BY email",

@@ -161,3 +161,16 @@ def example_config(tmp_path) -> Path:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def host_postfix_config():
+    """Postfix's commands refuse to run without /etc/postfix/main.cf; Debian's
+    "No configuration" install leaves none. Create an inert one if missing."""
+    main_cf = Path("/etc/postfix/main.cf")
+    if not main_cf.exists():
+        if not Path("/usr/sbin/postconf").exists():
+            pytest.fail("Postfix is required (apt-get install postfix)")
+        debian = Path("/usr/share/postfix/main.cf.debian")
+        main_cf.write_text(debian.read_text() if debian.exists() else "")
+    return main_cf
