@@ -19,6 +19,7 @@ import click
 from . import config as C
 from . import maps as M
 from . import roster as R
+from . import compiler as K
 from . import snapshot as S
 from . import sync as Y
 
@@ -137,8 +138,8 @@ def maps_cmd(ctx):
 # ---------------------------------------------------------------- lists
 
 
-def _compiled(config: C.Config) -> list[S.CompiledList]:
-    return S.compile_lists(config, R.load(config))
+def _compiled(config: C.Config) -> list[K.CompiledList]:
+    return K.compile_lists(config, R.load(config))
 
 
 @cli.command("lists")

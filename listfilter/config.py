@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG = "/etc/listfilter/lists.toml"
-CONFIG_ENV = "LISTFILTER_CONFIG"
+from .paths import CONFIG_ENV, DEFAULT_CONFIG, DEFAULT_STATE_DIR, SNAPSHOT_NAME, config_path  # noqa: F401
 
 #: Enrollment types of the default roster schema (Canvas: applicants are
 #: recorded as "applied" by the course app).
@@ -62,7 +61,7 @@ class Site:
 
     @property
     def snapshot_path(self) -> Path:
-        return self.state_dir / "snapshot.sqlite"
+        return self.state_dir / SNAPSHOT_NAME
 
 
 @dataclass(frozen=True)
@@ -162,10 +161,6 @@ class Config:
 
 # --------------------------------------------------------------------------
 # Loading
-
-
-def config_path(explicit: str | os.PathLike | None = None) -> Path:
-    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
 def load(path: str | os.PathLike | None = None) -> Config:
@@ -271,7 +266,7 @@ def _site(t: _Table, base: Path) -> Site:
         zoneinfo.ZoneInfo(tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError("site.timezone", f"unknown time zone {tz!r} (use an IANA name such as America/Chicago)") from None
-    state_dir = t.path("state_dir", "/var/lib/listfilter", base)
+    state_dir = t.path("state_dir", DEFAULT_STATE_DIR, base)
     site = Site(
         timezone=tz,
         state_dir=state_dir,

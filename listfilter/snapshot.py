@@ -1,157 +1,58 @@
-"""The compiled snapshot: what the mail side knows about every list.
+"""The compiled snapshot, read side: what the mail side knows about every list.
 
-``listfilter sync`` compiles config + roster into :class:`CompiledList`
-objects (pure), and writes them into one SQLite file in the state directory,
-replaced atomically (temporary file, fsync, rename). The mail side opens it
-read-only (``immutable=1``: the file is never changed in place, only replaced)
-with nothing but the standard library's ``sqlite3``.
+``listfilter sync`` compiles config + roster (:mod:`listfilter.compiler`) into
+one SQLite file in the state directory, replaced atomically. The mail side
+opens it read-only (``immutable=1``: the file is never changed in place, only
+replaced) with nothing but the standard library's ``sqlite3`` and ``json``:
+this module is on the per-message path and imports nothing else.
 
 Tables (``sqlite3 snapshot.sqlite .dump`` reads them):
 
-- ``meta(key, value)``: format, digest, generated_at, config path.
-- ``lists``: one row per list address (``students@lists.example.edu``).
-- ``members(list, email, name)``: who receives.
+- ``meta(key, value)``: format, digest, generated_at, config path, and the
+  site settings the mail side needs (timezone, spool_dir, sendmail,
+  notice_limit);
+- ``lists``: one row per list address (``students@lists.example.edu``);
+- ``members(list, email, name)``: who receives;
 - ``posters(list, email)``: who may post (explicit, role-derived and, when
   the list lets members post, every member), lower-cased.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import sqlite3
-import tempfile
-from dataclasses import dataclass
+from collections import namedtuple
 from pathlib import Path
 
-FORMAT = "1"
+from .paths import DEFAULT_STATE_DIR, SNAPSHOT_NAME, config_path
+
+FORMAT = "2"
 
 
-@dataclass(frozen=True)
-class CompiledList:
-    address: str  # lower-case local@domain
-    name: str  # the [lists.NAME] key
-    local_part: str
-    domain: str
-    display_name: str
-    description: str
-    subject_tag: str
-    reply_to: str | None
-    owners: tuple[str, ...]
-    posters_rule: str  # who may post, in words
-    exclude_poster: bool
-    members: tuple[tuple[str, str], ...]  # (email, name), sorted by lower-cased email
-    posters: tuple[str, ...]  # lower-cased, sorted
+def locate(config: str | None) -> Path:
+    """The snapshot's path for a config file, reading only ``site.state_dir``.
 
-    def summary(self) -> str:
-        return summary_line(self.address, len(self.members), len(self.posters), self.posters_rule)
+    The mail side calls this instead of validating the whole config: what it
+    needs from the config was compiled into the snapshot by the last sync, so
+    a config being edited never stops the mail.
+    """
+    import tomllib
+
+    path = config_path(config)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        state_dir = data.get("site", {}).get("state_dir", DEFAULT_STATE_DIR)
+        if not isinstance(state_dir, str):
+            raise TypeError("site.state_dir is not a string")
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise SnapshotError(f"cannot read {path}: {exc}") from None
+    return path.resolve().parent / state_dir / SNAPSHOT_NAME
 
 
 def summary_line(address: str, members: int, posters: int, rule: str) -> str:
     """One line per list, as ``sync --dry-run`` and ``lists`` show it."""
     return f"{address}: {members} members, {posters} posters ({rule})"
-
-
-def compile_lists(config, rows) -> list[CompiledList]:
-    """Every list on every domain, computed from config and roster rows (pure)."""
-    from . import roster as R
-
-    out = []
-    for dname, domain in sorted(config.domains.items()):
-        course = R.course_rows(rows, domain)
-        roles = R.roles_by_person(course, config.roster)
-        for lst in sorted(config.lists.values(), key=lambda l: l.local_part):
-            if dname not in lst.domains:
-                continue
-            members = R.members(lst, course, config.roster)
-            allowed = R.posters(lst, members, roles)
-            out.append(CompiledList(
-                address=f"{lst.local_part}@{dname}",
-                name=lst.name,
-                local_part=lst.local_part,
-                domain=dname,
-                display_name=lst.display_name,
-                description=lst.description,
-                subject_tag=lst.subject_tag,
-                reply_to=config.reply_to_address(lst, dname),
-                owners=lst.owners,
-                posters_rule=lst.posters.describe(),
-                exclude_poster=lst.exclude_poster,
-                members=tuple((m.email, m.name) for _, m in sorted(members.items())),
-                posters=tuple(sorted(allowed)),
-            ))
-    return out
-
-
-def digest(lists: list[CompiledList]) -> str:
-    """A content hash: equal digests mean an identical snapshot."""
-    h = hashlib.sha256(FORMAT.encode())
-    for lst in lists:
-        h.update(json.dumps(lst.__dict__, sort_keys=True, ensure_ascii=False).encode())
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------
-# Writing (sync side)
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE lists (
-    address TEXT PRIMARY KEY, name TEXT NOT NULL, local_part TEXT NOT NULL, domain TEXT NOT NULL,
-    display_name TEXT NOT NULL, description TEXT NOT NULL, subject_tag TEXT NOT NULL,
-    reply_to TEXT, owners TEXT NOT NULL, posters_rule TEXT NOT NULL,
-    exclude_poster INTEGER NOT NULL, member_count INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE members (list TEXT NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,
-                      PRIMARY KEY (list, email)) WITHOUT ROWID;
-CREATE TABLE posters (list TEXT NOT NULL, email TEXT NOT NULL,
-                      PRIMARY KEY (list, email)) WITHOUT ROWID;
-"""
-
-
-def write(path: Path, lists: list[CompiledList], meta: dict[str, str]) -> None:
-    """Write the snapshot atomically: temporary file, fsync, rename, fsync dir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".snapshot.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        conn = sqlite3.connect(tmp)
-        try:
-            conn.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
-            conn.executemany("INSERT INTO meta VALUES (?, ?)",
-                             sorted({**meta, "format": FORMAT, "digest": digest(lists)}.items()))
-            conn.executemany(
-                "INSERT INTO lists VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(l.address, l.name, l.local_part, l.domain, l.display_name, l.description,
-                  l.subject_tag, l.reply_to, json.dumps(list(l.owners)), l.posters_rule,
-                  int(l.exclude_poster), len(l.members)) for l in lists])
-            conn.executemany("INSERT INTO members VALUES (?,?,?)",
-                             ((l.address, e, n) for l in lists for e, n in l.members))
-            conn.executemany("INSERT INTO posters VALUES (?,?)",
-                             ((l.address, p) for l in lists for p in l.posters))
-            conn.commit()
-        finally:
-            conn.close()
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------
@@ -162,20 +63,8 @@ class SnapshotError(Exception):
     """The snapshot is missing or unreadable (the mail side defers: exit 75)."""
 
 
-@dataclass(frozen=True)
-class ListRow:
-    address: str
-    name: str
-    local_part: str
-    domain: str
-    display_name: str
-    description: str
-    subject_tag: str
-    reply_to: str | None
-    owners: tuple[str, ...]
-    posters_rule: str
-    exclude_poster: bool
-    member_count: int
+ListRow = namedtuple("ListRow", "address name local_part domain display_name description subject_tag"
+                                " reply_to owners posters_rule exclude_poster member_count")
 
 
 class Snapshot:
@@ -208,6 +97,13 @@ class Snapshot:
             return self._db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise SnapshotError(f"snapshot {self.path} is unreadable: {exc}") from None
+
+    def settings(self) -> dict[str, str]:
+        """The site settings compiled in by sync (timezone, spool_dir, sendmail, notice_limit)."""
+        missing = [k for k in ("timezone", "spool_dir", "sendmail", "notice_limit") if k not in self.meta]
+        if missing:
+            raise SnapshotError(f"snapshot {self.path} lacks {', '.join(missing)} (run listfilter sync)")
+        return self.meta
 
     def get_list(self, address: str) -> ListRow | None:
         rows = self._q("SELECT * FROM lists WHERE address = ?", (address.lower(),))

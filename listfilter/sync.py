@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from . import maps as M
 from . import roster as R
+from . import compiler as K
 from . import snapshot as S
 from .config import Config
 
@@ -24,7 +25,7 @@ from .config import Config
 class Plan:
     """What a sync would do, computed without touching anything."""
 
-    lists: list[S.CompiledList]
+    lists: list[K.CompiledList]
     digest: str
     snapshot_changed: bool
     maps: dict[str, str]
@@ -46,8 +47,8 @@ def plan(config: Config, rows: list[R.Enrollment] | None = None) -> Plan:
     """Read the roster (unless rows are given) and compare with what is installed."""
     if rows is None:
         rows = R.load(config)
-    lists = S.compile_lists(config, rows)
-    digest = S.digest(lists)
+    lists = K.compile_lists(config, rows)
+    digest = K.digest(lists, K.site_settings(config))
     maps = M.render(config, lists)
     return Plan(
         lists=lists,
@@ -62,7 +63,7 @@ def apply(config: Config, p: Plan) -> Result:
     """Install what the plan says changed: snapshot first, then maps, then reload."""
     result = Result(p)
     if p.snapshot_changed:
-        S.write(config.site.snapshot_path, p.lists, {
+        K.write(config.site.snapshot_path, p.lists, K.site_settings(config), {
             "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": str(config.path),
         })

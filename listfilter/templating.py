@@ -13,10 +13,13 @@ from pathlib import Path
 
 
 def template_dir() -> Path:
-    """The templates directory, in a checkout or in an installed package."""
+    """The templates directory: ``listfilter/templates`` in an installed
+    package, else ``templates/`` beside the package in a checkout (or an
+    editable install). A candidate counts only if it holds our templates, so
+    another project's ``site-packages/templates`` is never used."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "templates", here / "templates"):
-        if candidate.is_dir():
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "postfix" / "transport.j2").is_file():
             return candidate
     raise FileNotFoundError(f"listfilter templates not found near {here}")
 

@@ -6,6 +6,7 @@ import pytest
 
 from listfilter import config as C
 from listfilter import roster as R
+from listfilter import compiler as K
 from listfilter import snapshot as S
 
 from .conftest import ROSTER_ROWS, seed_roster
@@ -26,7 +27,7 @@ def posters_of(lists, address):
 
 def test_course_lists_from_rows(make_config):
     config = C.load(make_config())
-    lists = S.compile_lists(config, rows_from(ROSTER_ROWS))
+    lists = K.compile_lists(config, rows_from(ROSTER_ROWS))
     # everyone on the course: applied, enrolled, staff; not inactive, not last semester, not CS 225
     assert members_of(lists, "students@lists.example.edu") == [
         "alice@example.edu", "bob@example.edu", "erin@example.edu", "prof@example.edu",
@@ -45,7 +46,7 @@ def test_course_lists_from_rows(make_config):
 def test_duplicates_collapse_case_insensitively(make_config):
     config = C.load(make_config())
     seed = ROSTER_ROWS + [("ALICE@example.edu", "Alice L.", "CS 199", "applied", True, "current")]
-    lists = S.compile_lists(config, rows_from(seed))
+    lists = K.compile_lists(config, rows_from(seed))
     students = members_of(lists, "students@lists.example.edu")
     assert [e.lower() for e in students].count("alice@example.edu") == 1
 
@@ -58,7 +59,7 @@ course = "CS 199"
 members = { roles = ["teacher"], emails = ["PROF@example.edu", "guest@example.org"] }
 posters = { emails = ["guest@example.org"], roles = ["ta"] }
 """))
-    lists = S.compile_lists(config, rows_from(ROSTER_ROWS))
+    lists = K.compile_lists(config, rows_from(ROSTER_ROWS))
     assert members_of(lists, "mixed@lists.example.edu") == ["guest@example.org", "prof@example.edu"]
     assert posters_of(lists, "mixed@lists.example.edu") == ["guest@example.org", "ta1@example.edu", "ta2@example.edu"]
 
@@ -74,7 +75,7 @@ posters = []
 members = { semester = "2025-fall" }
 posters = []
 """))
-    lists = S.compile_lists(config, rows_from(ROSTER_ROWS))
+    lists = K.compile_lists(config, rows_from(ROSTER_ROWS))
     assert members_of(lists, "dropped@lists.example.edu") == ["dan@example.edu"]
     assert members_of(lists, "alumni@lists.example.edu") == ["frank@example.edu"]
     assert R.semesters_needed(config) == ["2025-fall", "current"]
@@ -83,7 +84,7 @@ posters = []
 def test_inactive_staff_cannot_post(make_config):
     config = C.load(make_config())
     seed = [r if r[0] != "ta1@example.edu" else (*r[:4], False, r[5]) for r in ROSTER_ROWS]
-    lists = S.compile_lists(config, rows_from(seed))
+    lists = K.compile_lists(config, rows_from(seed))
     assert "ta1@example.edu" not in posters_of(lists, "students@lists.example.edu")
 
 
@@ -94,7 +95,7 @@ def test_csv_roster(tmp_path, make_config):
     config = C.load(make_config(roster=f'source = "csv"\ncsv = "{csv}"'))
     rows = R.load(config)
     assert sorted(r.email for r in rows) == sorted(r[0] for r in ROSTER_ROWS if r[5] == "current")
-    assert members_of(S.compile_lists(config, rows), "enrolled@lists.example.edu") == [
+    assert members_of(K.compile_lists(config, rows), "enrolled@lists.example.edu") == [
         "alice@example.edu", "bob@example.edu"]
 
 
@@ -114,7 +115,7 @@ def test_postgresql_default_query(pg_dsn, make_config):
     config = C.load(make_config(roster=f'dsn = "{pg_dsn}"'))
     rows = R.load(config)
     assert {r.email for r in rows} == {r[0] for r in ROSTER_ROWS if r[5] == "current"}
-    lists = S.compile_lists(config, rows)
+    lists = K.compile_lists(config, rows)
     assert members_of(lists, "students@lists.example.edu") == [
         "alice@example.edu", "bob@example.edu", "erin@example.edu", "prof@example.edu",
         "ta1@example.edu", "TA2@Example.edu"]
@@ -131,7 +132,7 @@ course = "CS 199"
 members = { semester = "2025-fall" }
 posters = []
 """, roster='dsn_env = "COURSE_DB"'))
-    assert members_of(S.compile_lists(config, R.load(config)), "alumni@lists.example.edu") == ["frank@example.edu"]
+    assert members_of(K.compile_lists(config, R.load(config)), "alumni@lists.example.edu") == ["frank@example.edu"]
 
 
 @pytest.mark.integration
@@ -144,7 +145,7 @@ def test_postgresql_custom_query_is_parameterised(pg_dsn, make_config):
              " FROM users u JOIN enrollments e ON e.user_id = u.id"
              " WHERE e.semester = ANY(%(semesters)s) AND e.enrollment_type <> 'applied'")
     config = C.load(make_config(roster=f'dsn = "{pg_dsn}"\nquery = """{query}"""'))
-    lists = S.compile_lists(config, R.load(config))
+    lists = K.compile_lists(config, R.load(config))
     students = members_of(lists, "students@lists.example.edu")
     assert "erin@example.edu" not in students
     assert "o'brien@example.edu" in students
