@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Benchmark of the mail side: one `listfilter deliver` process per post.
+
+Prints, from one run, the median wall time and peak RSS of `listfilter
+deliver` for a 500-member and a 10,000-member list (sendmail replaced by a
+stub that reads its input), next to `python3 -c pass` measured in the same
+run, and the ratios against the goals (≤ 4× for 500 members; ≤ 10× and
+≤ 40 MB peak RSS for 10,000).
+
+    .venv/bin/python bench/deliver_bench.py [--runs 21] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SIZES = (500, 10_000)
+GOALS = {500: (4.0, None), 10_000: (10.0, 40.0)}
+
+
+def measure(argv: list[str], stdin: bytes | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if stdin is not None:
+        proc.stdin.write(stdin)
+    proc.stdin.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.read().decode()}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def setup(work: Path) -> Path:
+    stub = work / "sendmail"
+    stub.write_text("#!/bin/sh\nexec cat > /dev/null\n")
+    stub.chmod(0o755)
+    with open(work / "roster.csv", "w") as fh:
+        fh.write("email,name,enrollment_type,active,semester,course\n")
+        fh.write("prof@example.edu,Pat Prof,teacher,true,current,BENCH\n")
+        for i in range(max(SIZES)):
+            kind = "student" if i < SIZES[0] else "applied"
+            fh.write(f"user{i:05d}@students.example.edu,User {i},{kind},true,current,BENCH\n")
+    (work / "lists.toml").write_text(f"""
+[site]
+timezone = "America/Chicago"
+state_dir = "{work / 'state'}"
+sendmail = "{stub}"
+owners = ["prof@example.edu"]
+[postfix]
+map_type = "texthash"
+reload = false
+[roster]
+source = "csv"
+csv = "{work / 'roster.csv'}"
+[domains."bench.example.edu"]
+course = "BENCH"
+[lists.small]
+display_name = "Bench 500"
+members = {{ roles = ["student"] }}
+posters = {{ roles = ["teacher"] }}
+[lists.large]
+display_name = "Bench 10000"
+members = {{ roles = ["student", "applied"] }}
+posters = {{ roles = ["teacher"] }}
+""")
+    listfilter = [sys.executable, "-m", "listfilter", "--config", str(work / "lists.toml")]
+    subprocess.run(listfilter + ["sync"], check=True, stdout=subprocess.DEVNULL)
+    return work / "lists.toml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    listfilter = Path(sys.executable).parent / "listfilter"
+    with tempfile.TemporaryDirectory() as tmp:
+        config = setup(Path(tmp))
+        samples: dict[str, list[tuple[float, float]]] = {"python3 -c pass": []}
+        for n in SIZES:
+            samples[f"deliver {n}"] = []
+        # alternate the scenarios so machine drift hits all of them equally
+        for i in range(args.runs):
+            samples["python3 -c pass"].append(measure([sys.executable, "-c", "pass"]))
+            for n, name in zip(SIZES, ("small", "large")):
+                post = (f"From: Pat Prof <prof@example.edu>\nSubject: bench {i}\n"
+                        f"Message-ID: <bench-{n}-{i}-{time.time_ns()}@example.edu>\n\nHello\n").encode()
+                samples[f"deliver {n}"].append(measure(
+                    [str(listfilter), "--config", str(config), "deliver", "--sender", "prof@example.edu",
+                     "--recipient", f"{name}@bench.example.edu", "--queue-id", "BENCH"], post))
+    base = statistics.median(w for w, _ in samples["python3 -c pass"])
+    rows = []
+    for name, values in samples.items():
+        wall = statistics.median(w for w, _ in values)
+        rss = max(r for _, r in values)
+        row = {"scenario": name, "median_s": round(wall, 4), "ratio": round(wall / base, 2),
+               "peak_rss_mb": round(rss, 1)}
+        if name.startswith("deliver"):
+            n = int(name.split()[1])
+            ratio_goal, rss_goal = GOALS[n]
+            row["goal"] = f"<= {ratio_goal}x" + (f", <= {rss_goal} MB" if rss_goal else "")
+            row["met"] = wall / base <= ratio_goal and (rss_goal is None or rss <= rss_goal)
+        rows.append(row)
+    if args.json:
+        print(json.dumps({"runs": args.runs, "rows": rows}, indent=2))
+        return
+    print(f"{'scenario':<18}{'median':>10}{'x pass':>9}{'peak RSS':>11}  goal")
+    for r in rows:
+        goal = f"{r['goal']} ({'met' if r['met'] else 'MISSED'})" if "goal" in r else ""
+        print(f"{r['scenario']:<18}{r['median_s'] * 1000:>8.1f}ms{r['ratio']:>8.2f}x{r['peak_rss_mb']:>8.1f} MB  {goal}")
+    print(f"({args.runs} runs each, alternated)")
+
+
+if __name__ == "__main__":
+    main()
