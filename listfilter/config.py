@@ -383,7 +383,7 @@ def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, D
         )
         pt.done()
     else:
-        raise ConfigError(pwhere, f"expected \"members\", a list of addresses or a table, not {type(raw).__name__}")
+        raise ConfigError(pwhere, f"expected \"members\", a list of addresses or a table, not {_tname(raw)}")
 
     reply_to = t.string("reply_to", None)
     if reply_to is not None and "@" in reply_to:

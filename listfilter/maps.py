@@ -125,13 +125,16 @@ def install(config: Config, maps: dict[str, str], names: list[str]) -> None:
 
 
 def reload(config: Config) -> str | None:
-    """``postfix reload``; returns a warning instead of failing if Postfix is not running."""
+    """``postfix reload``; returns a warning instead of failing if Postfix is not running.
+
+    ``postfix status`` tells a stopped Postfix apart from a failed reload
+    (``postfix reload`` says "not running" only when stderr is a terminal).
+    """
     try:
-        run_postfix(config, "postfix", "reload")
-    except MapError as exc:
-        if "not running" in str(exc):
-            return f"Postfix is not running; it will read the new maps when it starts ({exc})"
-        raise
+        run_postfix(config, "postfix", "status")
+    except MapError:
+        return "Postfix is not running; it will read the new maps when it starts"
+    run_postfix(config, "postfix", "reload")
     return None
 
 

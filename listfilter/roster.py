@@ -25,6 +25,7 @@ SELECT u.email, u.name, e.enrollment_type, e.active, e.semester, e.course
   FROM users u
   JOIN enrollments e ON e.user_id = u.id
  WHERE e.semester = ANY(%(semesters)s)
+ ORDER BY lower(u.email), u.email, e.id
 """
 
 COLUMNS = ("email", "name", "enrollment_type", "active", "semester", "course")
@@ -79,7 +80,7 @@ def load(config: Config) -> list[Enrollment]:
 def load_csv(roster: Roster, semesters: list[str]) -> list[Enrollment]:
     path = roster.csv
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's BOM is fine
             reader = csv.DictReader(fh)
             missing = [c for c in COLUMNS if c != "course" and c not in (reader.fieldnames or [])]
             if missing:

@@ -47,6 +47,9 @@ def plan(config: Config, rows: list[R.Enrollment] | None = None) -> Plan:
     """Read the roster (unless rows are given) and compare with what is installed."""
     if rows is None:
         rows = R.load(config)
+        if not rows and any(l.members_query for l in config.lists.values()):
+            # A truncated export or an emptied table would silently empty every list.
+            raise R.RosterError("the roster returned no enrollments at all; refusing to empty every list")
     lists = K.compile_lists(config, rows)
     digest = K.digest(lists, K.site_settings(config))
     maps = M.render(config, lists)
@@ -67,14 +70,19 @@ def apply(config: Config, p: Plan) -> Result:
             "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": str(config.path),
         })
+    pending = config.site.state_dir / "reload-pending"
     if p.maps_changed:
         M.install(config, p.maps, p.maps_changed)
-        if config.postfix.reload:
-            warning = M.reload(config)
-            if warning:
-                result.warnings.append(warning)
-            else:
-                result.reloaded = True
+    if config.postfix.reload and (p.maps_changed or pending.exists()):
+        # The marker makes the next sync retry a reload that failed, even
+        # though the maps will then look unchanged.
+        pending.touch()
+        warning = M.reload(config)
+        if warning:
+            result.warnings.append(warning)
+        else:
+            result.reloaded = True
+        pending.unlink(missing_ok=True)
     return result
 
 

@@ -108,18 +108,18 @@ def test_reload_only_when_a_map_changed(make_config, tmp_path, host_postfix_conf
     path = make_config(postfix=f'map_type = "hash"\ncommand_directory = "{bindir}"',
                        roster=f'source = "csv"\ncsv = "{csv}"')
     assert listfilter(path, "sync").returncode == 0
-    assert calls.read_text() == "reload\n"
+    assert calls.read_text() == "status\nreload\n"
     before = state_files(tmp_path / "state")
     proc = listfilter(path, "sync")
     assert proc.returncode == 0 and "unchanged" in proc.stdout and "reloaded" not in proc.stdout
-    assert calls.read_text() == "reload\n"
+    assert calls.read_text() == "status\nreload\n"
     assert state_files(tmp_path / "state") == before
     # a roster change alters members only: new snapshot, same maps, no reload
     with csv.open("a") as fh:
         fh.write("zoe@example.edu,Zoe New,student,true,current,CS 199\n")
     proc = listfilter(path, "sync")
     assert "updated snapshot (" in proc.stdout or proc.stdout.rstrip().endswith(")"), proc.stdout
-    assert "map " not in proc.stdout and calls.read_text() == "reload\n"
+    assert "map " not in proc.stdout and calls.read_text() == "status\nreload\n"
     after = state_files(tmp_path / "state")
     assert after["snapshot.sqlite"][0] != before["snapshot.sqlite"][0]  # replaced by rename
     assert {k: v for k, v in after.items() if k != "snapshot.sqlite"} == \
@@ -128,7 +128,49 @@ def test_reload_only_when_a_map_changed(make_config, tmp_path, host_postfix_conf
     path.write_text(path.read_text() + '\n[lists.extra]\nmembers = { emails = ["x@example.edu"] }\nposters = []\n')
     proc = listfilter(path, "sync")
     assert "map transport" in proc.stdout and "postfix reloaded" in proc.stdout
-    assert calls.read_text() == "reload\nreload\n"
+    assert calls.read_text().split() == ["status", "reload"] * 2
+
+
+@pytest.mark.integration
+def test_failed_reload_is_retried_by_the_next_sync(make_config, tmp_path, host_postfix_config):
+    bindir, calls = _stub_postfix(tmp_path)
+    (bindir / "postfix").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n'
+                                    f'[ "$1" = reload ] && [ -e {tmp_path / "BROKEN"} ] && exit 1\nexit 0\n')
+    (tmp_path / "BROKEN").touch()
+    path = make_config(postfix=f'map_type = "hash"\ncommand_directory = "{bindir}"',
+                       roster=f'source = "csv"\ncsv = "{REPO / "docs/example/roster.csv"}"')
+    proc = listfilter(path, "sync")
+    assert proc.returncode == 1 and "postfix reload failed" in proc.stderr
+    (tmp_path / "BROKEN").unlink()
+    proc = listfilter(path, "sync")  # maps unchanged now, but the reload is still owed
+    assert proc.returncode == 0 and "postfix reloaded" in proc.stdout, proc
+    proc = listfilter(path, "sync")
+    assert "reloaded" not in proc.stdout
+    assert calls.read_text().split() == ["status", "reload"] * 2
+
+
+@pytest.mark.integration
+def test_postfix_not_running_is_a_warning(make_config, tmp_path, host_postfix_config):
+    bindir, calls = _stub_postfix(tmp_path)
+    (bindir / "postfix").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1" = status ] && exit 1\nexit 0\n')
+    path = make_config(postfix=f'map_type = "hash"\ncommand_directory = "{bindir}"',
+                       roster=f'source = "csv"\ncsv = "{REPO / "docs/example/roster.csv"}"')
+    proc = listfilter(path, "sync")
+    assert proc.returncode == 0
+    assert proc.stderr == "listfilter: warning: Postfix is not running; it will read the new maps when it starts\n"
+    assert calls.read_text() == "status\n"
+
+
+def test_empty_roster_is_refused(example_config):
+    assert listfilter(example_config, "sync").returncode == 0
+    state = example_config.parent / "state"
+    before = state_files(state)
+    roster = example_config.parent / "roster.csv"
+    roster.write_text(roster.read_text().splitlines()[0] + "\n")
+    proc = listfilter(example_config, "sync")
+    assert proc.returncode == 1
+    assert "the roster returned no enrollments at all; refusing to empty every list" in proc.stderr
+    assert state_files(state) == before
 
 
 def test_snapshot_replaced_atomically(example_config):
