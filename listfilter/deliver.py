@@ -153,6 +153,8 @@ class Delivery:
         dry = self.args.dry_run
 
         if W.is_loop(self.headers, self.info):
+            # recorded under its own id: the echo must not overwrite the first delivery's record
+            self.message_key += " (loop)"
             return self._record(Outcome("failed", f"loop: message already carries {self.row.address}'s"
                                                   " List-Id; not sent again", error="mail loop detected"))
 

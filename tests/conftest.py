@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import textwrap
@@ -57,6 +58,13 @@ def _pg_connect(dsn: str):
 @pytest.fixture
 def pg_dsn():
     """A fresh PostgreSQL database with the default roster schema, dropped afterwards."""
+    with roster_database() as dsn:
+        yield dsn
+
+
+@contextlib.contextmanager
+def roster_database(rows=ROSTER_ROWS):
+    """Create a PostgreSQL database seeded with ``rows``; drop it on exit."""
     import psycopg
     from psycopg import sql
 
@@ -70,7 +78,7 @@ def pg_dsn():
     dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
     with _pg_connect(dsn) as conn:
         conn.execute(ROSTER_SQL)
-        seed_roster(conn, ROSTER_ROWS)
+        seed_roster(conn, rows)
     try:
         yield dsn
     finally:
