@@ -69,18 +69,22 @@ def recipients(members: list[str], *, poster: str | None, exclude_poster: bool, 
     """Who gets the post: members, deduplicated case-insensitively, minus the
     poster (when the list says so), minus the list's own addresses (a list
     never mails itself) and minus suppressed addresses. Order is kept."""
-    seen: set[str] = set()
-    out = []
-    skip = {list_address.lower()}
+    local, _, domain = list_address.lower().rpartition("@")
+    own = {f"{local}@{domain}"} | {f"{local}-{kind}@{domain}" for kind in KINDS}
+    skip = set(suppressed) | own
     if exclude_poster and poster:
         skip.add(poster.lower())
+    own_domain = "@" + domain
+    seen: set[str] = set()
+    out = []
     for email in members:
         key = email.lower()
-        if key in seen or key in skip or key in suppressed:
+        if key in seen or key in skip:
             continue
-        target = parse_recipient(key)
-        if target is not None and target.list_address == list_address.lower():
-            continue  # students-bounces@ etc. as a member of students@
+        if key.endswith(own_domain) and "+" in key:
+            target = parse_recipient(key)  # students+x@ or students-bounces+y@ as a member
+            if target is not None and target.list_address == list_address.lower():
+                continue
         seen.add(key)
         out.append(email)
     return out

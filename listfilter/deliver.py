@@ -185,14 +185,18 @@ class Delivery:
         todo = [r for r in recipients if r.lower() not in already]
         from .sendmail import submit
 
-        for batch in D.batches(todo):
+        parts = D.batches(todo)
+        sent = len(recipients) - len(todo)
+        for n, batch in enumerate(parts, start=1):
             try:
                 submit(self.settings["sendmail"], self.info.bounces_address, batch, rewritten, verp=True)
             except Exception as exc:  # SendError, or anything else: record, then defer
-                error = f"sendmail failed after {len(recipients) - len(todo)} of {len(recipients)} recipients: {exc}"
+                error = f"sendmail failed after {sent} of {len(recipients)} recipients: {exc}"
                 self._record(Outcome("failed", error, recipients, error=f"{error}; Postfix will retry"))
                 raise Defer(f"{error}; will retry") from None
-            progress.record_batch(batch, self.queue_id)
+            sent += len(batch)
+            if n < len(parts):  # the last batch is covered by finish()
+                progress.record_batch(batch, self.queue_id)
         progress.finish(queue_id=self.queue_id, recipients=len(recipients))
         return self._record(Outcome(
             "delivered", f"to=<{self.row.address}>, from=<{from_addr}>, message-id={message_id or '-'},"

@@ -46,7 +46,7 @@ def write_json(path: Path, data: dict) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, ensure_ascii=False, indent=1)
+                json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o644)
@@ -112,7 +112,9 @@ class Progress:
         write_json(self.path, self.data)
 
     def finish(self, **info) -> None:
-        self.data.update(info, done=True)
+        """Mark the delivery complete; the accepted addresses are no longer needed."""
+        accepted = len(self.data.pop("accepted", []))
+        self.data.update(info, done=True, accepted_count=accepted)
         write_json(self.path, self.data)
 
 
