@@ -262,17 +262,83 @@ def postfix_config(ctx, listfilter_path):
     click.echo(postfixconf.master_cf(config, program), nl=False)
 
 
+# ---------------------------------------------------------------- bounces
+
+
+def _spool_dir(ctx) -> Path:
+    return load_config(ctx).site.spool_dir
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@handled
+def bounces(ctx, as_json):
+    """Show bounce scores and suppressed addresses.
+
+    An address whose mail bounces permanently on 5 different days (with no
+    gap of more than 7 days) is suppressed: no list sends to it until
+    `listfilter bounces clear ADDRESS`.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from . import bounces as B
+
+    spool = _spool_dir(ctx)
+    states = B.all_states(spool)
+    suppressed = B.suppressed(spool)
+    if as_json:
+        click.echo(json.dumps({"scores": states, "suppressed": sorted(suppressed)}, indent=2))
+        return
+    if not states and not suppressed:
+        click.echo("no bounces recorded")
+    for s in states:
+        mark = "SUPPRESSED" if s["address"] in suppressed else ""
+        click.echo(f"{s['address']}\tscore {s['score']}\tlast {s['last_bounce']}\t"
+                   f"{', '.join(s.get('lists', []))}\t{mark}".rstrip())
+
+
+@bounces.command("clear")
+@click.argument("address")
+@click.pass_context
+@handled
+def bounces_clear(ctx, address):
+    """Lift the suppression of ADDRESS and forget its bounce score."""
+    from . import bounces as B
+
+    if B.clear(_spool_dir(ctx), address):
+        click.echo(f"{address.lower()}: suppression lifted, score cleared")
+    else:
+        fail(f"no bounce record for {address.lower()}")
+
+
 # ---------------------------------------------------------------- mail side
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                               "help_option_names": []})
-@click.pass_context
-def deliver(ctx):
-    """Filter one message from Postfix's pipe (stdin). `listfilter deliver --help` for options."""
-    from .launcher import run_mail_command
+_MAIL_HELP = {
+    "deliver": "Filter one message from Postfix's pipe (stdin).",
+    "bounce": "Process one bounce sent to a list's -bounces address (stdin).",
+    "policy": "Answer Postfix policy requests on stdin/stdout (run by spawn).",
+}
 
-    sys.exit(run_mail_command(["--config", ctx.obj["config"], "deliver", *ctx.args]))
+
+def _mail_command(name: str):
+    """A stand-in so `listfilter --help` lists the mail-side commands; the
+    launcher runs them without click (see listfilter.launcher)."""
+
+    @click.pass_context
+    def run(ctx):
+        from .launcher import run_mail_command
+
+        sys.exit(run_mail_command(["--config", ctx.obj["config"], name, *ctx.args]))
+
+    run.__doc__ = f"{_MAIL_HELP[name]} `listfilter {name} --help` for options."
+    return cli.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                               "help_option_names": []})(run)
+
+
+for _name in _MAIL_HELP:
+    _mail_command(_name)
 
 
 def main(argv=None):

@@ -171,9 +171,11 @@ class Delivery:
         if not check.allowed:
             return self._refuse(check.reason, from_addr)
 
+        from .bounces import suppressed
+
         members = [e for e, _ in snap.members(self.row.address)]
         recipients = D.recipients(members, poster=from_addr, exclude_poster=self.row.exclude_poster,
-                                  list_address=self.row.address)
+                                  list_address=self.row.address, suppressed=suppressed(self.spool_dir))
         now = dt.datetime.now(self._tz())
         rewritten = W.render(W.rewrite_headers(self.headers, self.info, now), self.body)
         if dry:

@@ -12,6 +12,8 @@ import sys
 #: command name -> "module:function" taking the parsed argparse namespace
 MAIL_COMMANDS = {
     "deliver": "listfilter.deliver:main",
+    "policy": "listfilter.policy:main",
+    "bounce": "listfilter.bounces:main",
 }
 
 
@@ -44,14 +46,14 @@ def run_mail_command(argv: list[str]) -> int:
     parser.add_argument("--config", metavar="PATH", default=None,
                         help="the list config (default: $LISTFILTER_CONFIG or /etc/listfilter/lists.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, target in MAIL_COMMANDS.items():
-        module, func = target.split(":")
-        mod = importlib.import_module(module)
-        mod.add_arguments(sub.add_parser(name, prog=f"listfilter {name}", help=mod.__doc__.strip().splitlines()[0],
-                                         description=mod.__doc__.strip().splitlines()[0]))
+    # only the command being run is imported (each is spawned per message or connection)
+    name = command_of(argv)
+    module, func = MAIL_COMMANDS[name].split(":")
+    mod = importlib.import_module(module)
+    summary = mod.__doc__.strip().splitlines()[0]
+    mod.add_arguments(sub.add_parser(name, prog=f"listfilter {name}", help=summary, description=summary))
     args = parser.parse_args(argv)
-    module, func = MAIL_COMMANDS[args.command].split(":")
-    return getattr(importlib.import_module(module), func)(args)
+    return getattr(mod, func)(args)
 
 
 def main(argv: list[str] | None = None) -> None:

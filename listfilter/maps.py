@@ -44,11 +44,24 @@ def render(config: Config, lists) -> dict[str, str]:
                 "domain": l.domain,
                 "owners": l.owners,
                 "addresses": service_addresses(l.local_part, l.domain),
+                "routes": [(addr, bounce_transport(config) if addr.startswith(f"{l.local_part}-bounces@")
+                            else config.site.transport)
+                           for addr in service_addresses(l.local_part, l.domain)],
             }
             for l in lists
         ],
     }
     return {name: render_template(f"postfix/{name}.j2", **context) for name in MAP_NAMES}
+
+
+def bounce_transport(config: Config) -> str:
+    """The master.cf service that runs `listfilter bounce`."""
+    return f"{config.site.transport}-bounce"
+
+
+def policy_service(config: Config) -> str:
+    """The master.cf service that runs `listfilter policy` under spawn(8)."""
+    return f"{config.site.transport}-policy"
 
 
 def map_reference(config: Config, name: str) -> str:

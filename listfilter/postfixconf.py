@@ -8,7 +8,7 @@ default paths (a test keeps them in step).
 from __future__ import annotations
 
 from .config import Config
-from .maps import MAP_NAMES, map_reference
+from .maps import MAP_NAMES, bounce_transport, map_reference, policy_service
 from .templating import render
 
 
@@ -26,6 +26,8 @@ def context(config: Config, program: str) -> dict:
         "config_path": str(config.path),
         "program": program,
         "transport": config.site.transport,
+        "bounce_transport": bounce_transport(config),
+        "policy_service": policy_service(config),
         "relayhost": relayhost(config.site.relay),
         "maps": {name: map_reference(config, name) for name in MAP_NAMES},
     }

@@ -88,7 +88,7 @@ class Site:
         # swaks ends the data with its own line break: leave ours off so the
         # message Postfix receives is exactly `raw`
         path.write_bytes(raw[:-1] if raw.endswith(b"\n") else raw)
-        proc = swaks("--to", to, "--from", sender, "--data", str(path), port=self.pf.smtpd_port)
+        proc = swaks("--to", to, "--from", sender, "--data", f"@{path}", port=self.pf.smtpd_port)
         return proc.stdout + proc.stderr
 
     def settle(self, timeout: float = 30) -> None:
@@ -218,13 +218,26 @@ def test_allowed_post_reaches_every_member_but_the_poster(fresh):
     assert event["queue_id"] and event["sender_name"] == "Pat Prof"
 
 
-def test_refused_poster_gets_a_notice_and_members_nothing(fresh):
+def test_stranger_is_refused_at_rcpt_with_the_reason(fresh):
+    out = fresh.send(message("let me in", "t2a@example.edu", sender="Stranger <stranger@example.org>"),
+                     sender="stranger@example.org")
+    assert ("<** 550 5.7.1 <students@lists.example.edu>: Recipient address rejected: <stranger@example.org>"
+            " may not post to <students@lists.example.edu>; only course instructor, ta may") in out, out
+    assert fresh.pf.queue() == []
+    time.sleep(1)
+    assert fresh.sink.snapshot() == []  # we sent nothing: the sender's own MTA tells them
+    [event] = [e for e in fresh.events() if e["status"] == "rejected" and e["sender_email"] == "stranger@example.org"]
+    assert event["list_address"] == STUDENTS and "only course instructor, ta may" in event["error_message"]
+
+
+def test_from_header_not_allowed_is_caught_after_queue_and_notified(fresh):
+    # the envelope sender may post (so RCPT passes); the From header may not
     fresh.send(message("let me in", "t2@example.edu", sender="Alice <alice@example.edu>"),
-               sender="alice@example.edu")
+               sender="prof@example.edu")
     assert fresh.sink.wait_for(1, timeout=30), fresh.pf.log_tail(30)
     fresh.settle()
     [notice] = fresh.sink.snapshot()
-    assert notice.rcpt_tos == ["alice@example.edu"]
+    assert notice.rcpt_tos == ["prof@example.edu"]  # the envelope sender is told
     assert notice.mail_from == ""  # null envelope sender: nothing can bounce back
     parsed = email.message_from_bytes(notice.data, policy=email.policy.default)
     assert parsed["Auto-Submitted"] == "auto-replied"
@@ -297,18 +310,23 @@ def test_reply_is_not_double_tagged(fresh):
     assert "ta1@example.edu" not in {r.lower() for m in fresh.sink.snapshot() for r in m.rcpt_tos}
 
 
-@pytest.mark.parametrize("envelope,extra", [("", ""), ("alice@example.edu", "Auto-Submitted: auto-replied\n")],
-                         ids=["null-sender", "auto-submitted"])
-def test_refused_automatic_mail_gets_no_notice(fresh, envelope, extra):
-    msgid = f"t7-{'auto' if envelope else 'null'}@example.edu"
-    out = fresh.send(message("out of office", msgid, sender="alice@example.edu", extra=extra),
-                     sender=envelope or "<>")
+def test_null_sender_is_refused_at_rcpt(fresh):
+    out = fresh.send(message("out of office", "t7-null@example.edu", sender="alice@example.edu"), sender="<>")
+    assert "<** 550 5.7.1" in out and "accepts no mail from the null sender" in out, out
+    assert fresh.pf.queue() == []
+    time.sleep(1)
+    assert fresh.sink.snapshot() == []
+
+
+def test_refused_auto_submitted_mail_gets_no_notice(fresh):
+    out = fresh.send(message("out of office", "t7-auto@example.edu", sender="alice@example.edu",
+                             extra="Auto-Submitted: auto-replied\n"), sender="prof@example.edu")
     assert "queued as" in out, out
     fresh.settle()
     time.sleep(1)
     assert fresh.sink.snapshot() == []
-    event = fresh.event_for(f"<{msgid}>")
-    assert event["status"] == "bounced" and "no notice" in event["error_message"]
+    event = fresh.event_for("<t7-auto@example.edu>")
+    assert event["status"] == "bounced" and "no notice (auto-submitted)" in event["error_message"]
 
 
 def test_utf8_and_multipart_arrive_intact(fresh):
@@ -358,3 +376,60 @@ def test_a_list_as_member_of_a_list_does_not_loop(fresh):
     loopa = sorted((e["status"], e["error_message"]) for e in fresh.events()
                    if e["message_id"] == "<t9@example.edu>" and e["list_address"] == f"loopa@{DOMAIN}")
     assert loopa == [("delivered", ""), ("failed", "mail loop detected")]
+
+
+def bounce_state(site: Site, address: str) -> dict | None:
+    path = site.spool / "bounces" / address
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def wait_until(predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_hard_bounces_suppress_a_member_soft_ones_never_count(fresh):
+    fresh.sink.reject["alice@example.edu"] = "550 5.1.1 <alice@example.edu>: mailbox unavailable"
+    fresh.sink.reject["bob@example.edu"] = "450 4.2.1 <bob@example.edu>: try again later"
+    try:
+        for day in range(5):
+            fresh.sink.clear()
+            fresh.send(message(f"day {day}", f"t10-{day}@example.edu"))
+            # Postfix's own DSN goes to students-bounces+alice=example.edu@ → listfilter bounce
+            state = wait_until(lambda: (s := bounce_state(fresh, "alice@example.edu")) and s["score"] == day + 1 and s)
+            assert state, (bounce_state(fresh, "alice@example.edu"), fresh.pf.log_tail(40))
+            if day < 4:  # simulate the clock: that bounce was yesterday
+                state["last_bounce"] = (dt.date.fromisoformat(state["last_bounce"])
+                                        - dt.timedelta(days=1)).isoformat()
+                (fresh.spool / "bounces" / "alice@example.edu").write_text(json.dumps(state))
+        assert wait_until(lambda: (fresh.spool / "suppressed" / "alice@example.edu").exists())
+        # the owners were told, once, from a null sender
+        notices = wait_until(lambda: [m for m in fresh.sink.snapshot() if m.rcpt_tos == ["prof@example.edu"]])
+        assert len(notices) == 1 and notices[0].mail_from == ""
+        assert b"alice@example.edu no longer receives" in notices[0].data
+        # bob's 4xx copies sit deferred in the queue: they never count
+        assert bounce_state(fresh, "bob@example.edu") is None
+        # a vacation reply to the VERP address does not count either
+        vacation = (b"From: Erin <erin@example.edu>\nTo: students-bounces+erin=example.edu@lists.example.edu\n"
+                    b"Subject: Out of office\nAuto-Submitted: auto-replied\n\nAway until Monday.\n")
+        fresh.send(vacation, to="students-bounces+erin=example.edu@lists.example.edu", sender="<>")
+        # the next post no longer goes to alice
+        del fresh.sink.reject["bob@example.edu"]
+        fresh.sink.clear()
+        fresh.send(message("after", "t10-after@example.edu"))
+        assert fresh.sink.wait_for(4, timeout=30)
+        fresh.pf.flush()
+        fresh.settle(timeout=60)
+        got = {r.lower() for m in fresh.sink.snapshot() for r in m.rcpt_tos}
+        assert "alice@example.edu" not in got and {"bob@example.edu", "erin@example.edu"} <= got
+        assert bounce_state(fresh, "erin@example.edu") is None
+        assert bounce_state(fresh, "bob@example.edu") is None
+    finally:
+        fresh.sink.reject.clear()
+        subprocess.run([sys.executable, "-m", "listfilter", "--config", str(fresh.config), "bounces", "clear",
+                        "alice@example.edu"], capture_output=True)

@@ -47,6 +47,19 @@ def test_master_cf_pipe_entry():
         "--sender", "${sender}", "--recipient", "${original_recipient}", "--queue-id", "${queue_id}"]
 
 
+def test_bounce_and_policy_services():
+    master = [l for l in postfixconf.master_cf(reference_config(), PROGRAM).splitlines() if not l.startswith("#")]
+    assert master[2].split() == ["listfilter-bounce", "unix", "-", "n", "n", "-", "-", "pipe"]
+    assert master[3].split()[-7:] == ["--config", "/etc/listfilter/lists.toml", "bounce", "--recipient",
+                                      "${original_recipient}", "--queue-id", "${queue_id}"]
+    assert master[4].split() == ["listfilter-policy", "unix", "-", "n", "n", "-", "0", "spawn"]
+    assert master[5].split() == ["user=listfilter", f"argv={PROGRAM}", "--config", "/etc/listfilter/lists.toml",
+                                 "policy"]
+    main = postfixconf.main_cf(reference_config(), PROGRAM)
+    assert "smtpd_recipient_restrictions = check_policy_service unix:private/listfilter-policy\n" in main
+    assert "listfilter-bounce_destination_recipient_limit = 1\n" in main
+
+
 def test_relayhost_forms():
     assert postfixconf.relayhost("relay.example.edu:25") == "[relay.example.edu]:25"
     assert postfixconf.relayhost("relay.example.edu") == "[relay.example.edu]"

@@ -77,7 +77,7 @@ def test_maps_built_with_real_postmap(make_config, tmp_path, host_postfix_config
         return r.stdout.strip() if r.returncode == 0 else None
 
     assert q("students@lists.example.edu", "transport") == "listfilter:"
-    assert q("students-bounces@lists-dev.example.edu", "transport") == "listfilter:"
+    assert q("students-bounces@lists-dev.example.edu", "transport") == "listfilter-bounce:"
     assert q("staff-request@lists.example.edu", "recipients") == "OK"
     assert q("stranger@lists.example.edu", "recipients") is None
     assert q("students-owner@lists.example.edu", "virtual") == "prof@example.edu"
