@@ -17,9 +17,9 @@ from __future__ import annotations
 import difflib
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
+from .atomic import fsync_dir, replacing
 from .config import Config, service_addresses
 
 MAP_NAMES = ("domains", "recipients", "transport", "virtual")
@@ -105,36 +105,22 @@ def diff(config: Config, maps: dict[str, str]) -> str:
 
 
 def install(config: Config, maps: dict[str, str], names: list[str]) -> None:
-    """Write and index the named maps atomically."""
+    """Write and index the named maps atomically: the index first, then its source."""
     directory = config.site.map_dir
     directory.mkdir(parents=True, exist_ok=True)
     suffix = _INDEX_SUFFIX[config.postfix.map_type]
     for name in names:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-        index_tmp = tmp + suffix if suffix else None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(maps[name])
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
+        with replacing(directory / name) as tmp:
+            tmp.write_text(maps[name], encoding="utf-8")
             if suffix:
-                run_postfix(config, "postmap", f"{config.postfix.map_type}:{tmp}")
-                os.chmod(index_tmp, 0o644)
-                os.replace(index_tmp, directory / (name + suffix))
-            os.replace(tmp, directory / name)
-        finally:
-            for leftover in (tmp, index_tmp):
-                if leftover:
-                    try:
-                        os.unlink(leftover)
-                    except FileNotFoundError:
-                        pass
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+                index_tmp = Path(f"{tmp}{suffix}")
+                try:
+                    run_postfix(config, "postmap", f"{config.postfix.map_type}:{tmp}")
+                    os.chmod(index_tmp, 0o644)
+                    os.replace(index_tmp, directory / (name + suffix))
+                finally:
+                    index_tmp.unlink(missing_ok=True)
+    fsync_dir(directory)
 
 
 def reload(config: Config) -> str | None:

@@ -41,22 +41,10 @@ def ensure(spool: Path) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    from .atomic import write_bytes
+
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_bytes(path, json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
     except OSError as exc:
         raise SpoolError(f"cannot write {path}: {exc.strerror}") from None
 
