@@ -144,6 +144,14 @@ class Delivery:
         from_name, from_addr = self._from()
         message_id = (W.header_text(self.headers, "Message-ID") or "").strip()
         self.message_key = message_id or f"queue:{self.queue_id}"
+        if not message_id:
+            # Postfix's sendmail does not tell us the queue id it assigns, so the
+            # Message-ID is what traces the reinjected copy (cleanup logs it):
+            # give a message without one its own.
+            from email.utils import make_msgid
+
+            message_id = make_msgid(domain=self.row.domain)
+            self.headers["Message-ID"] = message_id
         self.event_base = {
             "list_address": self.row.address, "list_display_name": self.row.display_name,
             "sender_email": from_addr or self.sender, "sender_name": from_name,

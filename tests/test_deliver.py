@@ -275,3 +275,16 @@ def test_deliver_imports_nothing_heavy(env):
                if line.startswith("import time:")}
     assert "email" in modules  # the measurement works
     assert not modules & {"click", "psycopg", "jinja2", "dns", "flufl"}, modules & {"click", "psycopg", "jinja2"}
+
+
+def test_message_without_message_id_gets_one_for_tracing(env):
+    post = b"From: instructor@example.edu\nSubject: no id\n\nhi\n"
+    assert env.deliver(post).returncode == 0
+    [(_, msg)] = env.sent()
+    parsed = email.message_from_bytes(msg, policy=email.policy.default)
+    assert parsed["Message-ID"].endswith("@lists.example.edu>")
+    [event] = env.events()
+    assert event["message_id"] == parsed["Message-ID"]
+    # a retry of the same queue file is still recognised (by queue id) and not re-sent
+    assert env.deliver(post).returncode == 0
+    assert len(env.sent()) == 1
