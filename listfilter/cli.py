@@ -95,6 +95,8 @@ def sync(ctx, dry_run, verbose):
     result = Y.run(config)
     for warning in result.warnings:
         click.echo(f"listfilter: warning: {warning}", err=True)
+    for note in result.notes:
+        click.echo(note)
     plan = result.plan
     if verbose:
         for line in Y.snapshot_summary(plan.lists):
@@ -232,6 +234,42 @@ def _online_checks(config: C.Config):
         stale = (["snapshot"] if plan.snapshot_changed else []) + plan.maps_changed
         yield "up to date", not stale, ("installed maps and snapshot match the roster" if not stale
                                         else "out of date: " + ", ".join(stale) + " (run listfilter sync)")
+    yield from _store_checks(config)
+
+
+def _store_checks(config: C.Config):
+    """The mail log: schema version, spool backlog, malformed events."""
+    from . import migrations as MG
+    from . import store as ST
+
+    if not ST.in_use(config):
+        return  # no [store], no store file, no events yet: nothing to check
+    try:
+        with ST.open_store(config.store) as store:
+            version = store.version()
+            if version == MG.LATEST:
+                yield "store", True, f"{config.store.describe()}: schema version {version}, {store.count()} rows"
+            elif version < MG.LATEST:
+                yield "store", False, (f"{config.store.describe()}: schema version {version} of {MG.LATEST}"
+                                       " (run listfilter db upgrade)")
+            else:
+                yield "store", False, (f"{config.store.describe()}: schema version {version} is newer than this"
+                                       f" listfilter knows ({MG.LATEST})")
+    except ST.StoreError as exc:
+        yield "store", False, str(exc)
+    waiting = ST.pending_events(config.site.spool_dir)
+    if waiting:
+        try:
+            age = time.time() - min(p.stat().st_mtime for p in waiting)
+        except OSError:
+            age = 0
+        # sync ingests every few minutes: an hour-old event means the log is not being fed
+        yield "spool", age < 3600, (f"{len(waiting)} event(s) wait in {config.site.spool_dir / ST.EVENTS},"
+                                    f" oldest {age / 60:.0f} min" + ("" if age < 3600 else " (is sync running?)"))
+    bad = ST.bad_events(config.site.spool_dir)
+    if bad:
+        yield "spool", False, (f"{len(bad)} malformed event file(s) in {config.site.spool_dir / ST.EVENTS / ST.BAD}"
+                               " (see the .reason files, then delete them)")
 
 
 def _report(results, as_json: bool) -> None:
@@ -310,6 +348,127 @@ def bounces_clear(ctx, address):
         click.echo(f"{address.lower()}: suppression lifted, score cleared")
     else:
         fail(f"no bounce record for {address.lower()}")
+
+
+# ---------------------------------------------------------------- the mail log
+
+
+def store_handled(fn):
+    """Like handled, for the store: one line on stderr and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from . import store as ST
+
+        try:
+            return fn(*args, **kwargs)
+        except ST.StoreError as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+@cli.group("db")
+def db():
+    """The mail log store: schema migrations."""
+
+
+@db.command("upgrade")
+@click.pass_context
+@handled
+@store_handled
+def db_upgrade(ctx):
+    """Create or upgrade the store's schema (harmless to run again)."""
+    from . import migrations as MG
+    from . import store as ST
+
+    config = load_config(ctx)
+    with ST.open_store(config.store, create=True) as store:
+        before = store.version()
+        if before > MG.LATEST:
+            fail(f"{config.store.describe()}: schema version {before} is newer than this listfilter knows"
+                 f" ({MG.LATEST})")
+        applied = store.upgrade()
+        for m in applied:
+            click.echo(f"applied migration {m.version}: {m.name}")
+        click.echo(f"{config.store.describe()}: schema version {store.version()}"
+                   + (" (already up to date)" if not applied else ""))
+
+
+@db.command("status")
+@click.pass_context
+@handled
+@store_handled
+def db_status(ctx):
+    """Show the store's schema version and the migrations still to apply."""
+    from . import store as ST
+
+    config = load_config(ctx)
+    with ST.open_store(config.store) as store:
+        click.echo(f"{config.store.describe()}: schema version {store.version()}")
+        pending = store.pending()
+        for m in pending:
+            click.echo(f"pending migration {m.version}: {m.name}")
+        if pending:
+            sys.exit(EXIT_PROBLEM)
+
+
+_STATUS_CHOICE = click.Choice(["delivered", "bounced", "rejected", "failed"])
+
+
+@cli.command("log")
+@click.option("--status", "statuses", type=_STATUS_CHOICE, multiple=True, help="Only this status (repeatable).")
+@click.option("--list", "lists", metavar="L", multiple=True,
+              help="Only this list: an address, or a list name for every domain it is on (repeatable).")
+@click.option("--since", metavar="WHEN", help="Only mail since WHEN: 90m, 12h, 7d, 2w, today, 2026-01-21 or"
+                                              " 2026-01-21T09:00 (site time zone).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most N rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one array; bodies left out).")
+@click.pass_context
+@handled
+@store_handled
+def log_cmd(ctx, statuses, lists, since, limit, as_json):
+    """Show the mail log, newest first (moving new spool events into the store first)."""
+    import zoneinfo
+
+    from . import store as ST
+    from .store import oneline
+
+    config = load_config(ctx)
+    tz = zoneinfo.ZoneInfo(config.site.timezone)
+    when = None
+    if since:
+        try:
+            when = ST.parse_since(since, tz)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from None
+    addresses = []
+    for name in lists:
+        if "@" in name:
+            addresses.append(name.lower())
+        elif name in config.lists:
+            lst = config.lists[name]
+            addresses.extend(f"{lst.local_part}@{d}" for d in lst.domains)
+        else:
+            raise click.BadParameter(f"no list named {name!r} (give a list name from the config, or an address)",
+                                     param_hint="--list")
+    with ST.open_store(config.store) as store:
+        store.require_current()
+        try:
+            result = ST.ingest(store, config.site.spool_dir, wait=False)
+            for name, reason in result.bad:
+                click.echo(f"listfilter: warning: spool event {name} is malformed, moved aside: {reason}", err=True)
+        except OSError as exc:  # e.g. run as a user who may not write the spool: show what is there
+            click.echo(f"listfilter: warning: spool not read: {exc.strerror}", err=True)
+        entries = store.entries(status=statuses or None, lists=addresses or None, since=when, limit=limit,
+                                body_chars=0)
+    if as_json:
+        click.echo(json.dumps([e.as_json() for e in entries], indent=2, ensure_ascii=False))
+        return
+    for e in entries:
+        sender = f"{oneline(e.sender_name)} <{oneline(e.sender_email)}>" if e.sender_name else oneline(e.sender_email)
+        click.echo("\t".join([e.created_at.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z"), e.status, e.list_address,
+                               sender or "-", str(e.recipient_count), oneline(e.subject) or "(no subject)"]))
 
 
 # ---------------------------------------------------------------- mail side

@@ -143,6 +143,49 @@ class ListConfig:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """``[store]``: where the mail log lives (docs/store.md)."""
+
+    backend: str  # "sqlite" or "postgresql"
+    path: Path  # the SQLite file
+    dsn_env: str
+    dsn: str | None
+    retention_days: int  # 0: keep rows forever
+    body_retention_days: int  # 0: keep bodies as long as their rows
+    store_bodies: bool
+    body_max_bytes: int
+    configured: bool = False  # the config has a [store] table
+
+    def resolved_dsn(self) -> str | None:
+        """The DSN: from the environment variable first, then the file."""
+        return os.environ.get(self.dsn_env) or self.dsn
+
+    def describe(self) -> str:
+        """Where the store is, without any password."""
+        if self.backend == "sqlite":
+            return f"sqlite {self.path}"
+        dsn = self.resolved_dsn() or f"${self.dsn_env} (unset)"
+        return "postgresql " + re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", re.sub(r"password=\S+", "password=***", dsn))
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """``[web]``: the admin pages (docs/web.md)."""
+
+    bind: str
+    admins: tuple[str, ...]  # lower-cased addresses, always allowed
+    roles: tuple[str, ...]  # roster roles allowed in (proxy sign-on)
+    proxy_header: str | None  # e.g. X-Remote-User; None: no proxy sign-on
+    proxies: tuple[str, ...]  # addresses/networks whose proxy_header is believed
+    accounts: dict[str, str]  # lower-cased user -> password hash (standalone login)
+    secret_env: str
+    secret_file: Path
+    roles_file: Path  # written by sync: the roster roles of staff (for proxy sign-on)
+    page_size: int
+    session_hours: int
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     site: Site
@@ -150,6 +193,8 @@ class Config:
     roster: Roster
     domains: dict[str, Domain]
     lists: dict[str, ListConfig] = field(default_factory=dict)
+    store: StoreSettings | None = None
+    web: WebSettings | None = None  # None: no [web] table
 
     def reply_to_address(self, lst: ListConfig, domain: str) -> str | None:
         if lst.reply_to is None:
@@ -197,11 +242,15 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     roster_t = top.table("roster")
     domains_t = top.table("domains")
     lists_t = top.table("lists")
+    store_t = top.table("store")
+    web_t = top.table("web") if "web" in data else None
     top.done()
 
     site = _site(site_t, base)
     postfix = _postfix(postfix_t, base)
     roster = _roster(roster_t, base)
+    store = _store(store_t, site, base, configured="store" in data)
+    web = _web(web_t, site, roster, base) if web_t is not None else None
 
     domains: dict[str, Domain] = {}
     for name in domains_t.keys():
@@ -246,7 +295,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
                     f"lists.{lst.name}.reply_to",
                     f"list {lst.reply_to!r} is not served on {', '.join(sorted(missing))}",
                 )
-    return Config(path, site, postfix, roster, domains, lists)
+    return Config(path, site, postfix, roster, domains, lists, store, web)
 
 
 def service_addresses(local_part: str, domain: str) -> list[str]:
@@ -327,6 +376,96 @@ def _roster(t: _Table, base: Path) -> Roster:
     if source == "postgresql" and roster.csv is not None:
         raise ConfigError("roster.csv", 'only used with source = "csv"')
     return roster
+
+
+def _store(t: _Table, site: Site, base: Path, configured: bool) -> StoreSettings:
+    dsn = t.string("dsn", None)
+    backend = t.choice("backend", "postgresql" if dsn else "sqlite", ("sqlite", "postgresql"))
+    path = t.string("path", None)
+    retention = t.integer("retention_days", 365, minimum=0)
+    store = StoreSettings(
+        backend=backend,
+        path=(base / path) if path else site.state_dir / "maillog.sqlite",
+        dsn_env=t.string("dsn_env", "LISTFILTER_STORE_DSN"),
+        dsn=dsn,
+        retention_days=retention,
+        body_retention_days=t.integer("body_retention_days", 0, minimum=0),
+        store_bodies=t.boolean("store_bodies", True),
+        body_max_bytes=t.integer("body_max_bytes", 64 * 1024, minimum=0),
+        configured=configured,
+    )
+    t.done()
+    if backend == "sqlite" and dsn:
+        raise ConfigError("store.dsn", 'only used with backend = "postgresql"')
+    if backend == "postgresql" and path:
+        raise ConfigError("store.path", 'only used with backend = "sqlite"')
+    if retention and store.body_retention_days > retention:
+        raise ConfigError("store.body_retention_days", f"longer than retention_days ({retention}): rows go first")
+    return store
+
+
+def _web(t: _Table, site: Site, roster: Roster, base: Path) -> WebSettings:
+    import ipaddress
+
+    bind = t.string("bind", "127.0.0.1:8080")
+    try:
+        parse_bind(bind)
+    except ValueError as exc:
+        raise ConfigError("web.bind", str(exc)) from None
+    known_roles = set(roster.enrollment_types) | set(roster.role_aliases)
+    roles = tuple(t.strings("roles", ["instructor"]))
+    for i, r in enumerate(roles):
+        if r not in known_roles:
+            raise ConfigError(f"web.roles[{i}]", f"unknown role {r!r} (known: {', '.join(sorted(known_roles))})")
+    header = t.string("proxy_header", None, pattern=r"^[A-Za-z0-9-]+$")
+    proxies = tuple(t.strings("proxies", []))
+    for i, p in enumerate(proxies):
+        try:
+            ipaddress.ip_network(p, strict=False)
+        except ValueError:
+            raise ConfigError(f"web.proxies[{i}]", f"{p!r} is not an IP address or network") from None
+    if header and not proxies:
+        raise ConfigError("web.proxies", "required with proxy_header: the addresses of the proxy that sets it")
+    if proxies and not header:
+        raise ConfigError("web.proxy_header", "required with proxies: the header that carries the user's email")
+    accounts_t = t.table("accounts")
+    accounts = {}
+    for user in accounts_t.keys():
+        value = accounts_t.string(user, None)
+        if not re.match(r"^(scrypt|pbkdf2):[^$]+\$[^$]+\$[0-9a-f]+$", value):
+            raise ConfigError(f"web.accounts.{user}", "not a password hash (make one with `listfilter web passwd`)")
+        accounts[user.lower()] = value
+    accounts_t.done()
+    secret_file = t.string("secret_file", None)
+    web = WebSettings(
+        bind=bind,
+        admins=tuple(_address(a, f"web.admins[{i}]").lower() for i, a in enumerate(t.strings("admins", []))),
+        roles=roles,
+        proxy_header=header,
+        proxies=proxies,
+        accounts=accounts,
+        secret_env=t.string("secret_env", "LISTFILTER_WEB_SECRET"),
+        secret_file=(base / secret_file) if secret_file else site.state_dir / "web-secret",
+        roles_file=site.state_dir / "web-roles.json",
+        page_size=t.integer("page_size", 50, minimum=1),
+        session_hours=t.integer("session_hours", 12, minimum=1),
+    )
+    t.done()
+    if not header and not accounts:
+        raise ConfigError("web", "no way in: set proxy_header and proxies (single sign-on), or [web.accounts]")
+    return web
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``PORT`` → (host, port); ValueError if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host, int(port)
 
 
 def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, Domain], known_roles: set[str]) -> ListConfig:

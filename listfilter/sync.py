@@ -30,6 +30,7 @@ class Plan:
     snapshot_changed: bool
     maps: dict[str, str]
     maps_changed: list[str]
+    rows: list[R.Enrollment] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Result:
     plan: Plan
     reloaded: bool = False
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what else happened (mail log), one line each
 
     @property
     def changed(self) -> bool:
@@ -59,6 +61,7 @@ def plan(config: Config, rows: list[R.Enrollment] | None = None) -> Plan:
         snapshot_changed=S.installed_digest(config.site.snapshot_path) != digest,
         maps=maps,
         maps_changed=M.changed(config, maps),
+        rows=rows,
     )
 
 
@@ -87,9 +90,26 @@ def apply(config: Config, p: Plan) -> Result:
 
 
 def run(config: Config) -> Result:
-    """One whole sync, serialised against other syncs by a lock file."""
+    """One whole sync, serialised against other syncs by a lock file.
+
+    The mail log (spool ingest and retention, :func:`listfilter.store.after_sync`)
+    comes last, once the snapshot and the maps are installed: a store that is
+    down or not yet set up only adds a warning and leaves the exit status alone,
+    because the mail keeps flowing and the events wait in the spool for the
+    next sync. ``listfilter check`` reports such a store as a problem.
+    """
     with lock(config):
-        return apply(config, plan(config))
+        p = plan(config)
+        result = apply(config, p)
+        try:
+            from . import store
+
+            notes, warnings = store.after_sync(config, p.rows)
+        except Exception as exc:  # never let the log undo or hide a good sync
+            notes, warnings = [], [f"mail log not updated: internal error ({type(exc).__name__}: {exc})"]
+        result.notes.extend(notes)
+        result.warnings.extend(warnings)
+        return result
 
 
 @contextmanager
