@@ -383,7 +383,7 @@ def db_upgrade(ctx):
     from . import store as ST
 
     config = load_config(ctx)
-    with ST.open_store(config.store, create=True) as store:
+    with ST.open_store(config.store, create=True, owner=ST.service_owner(config.site.spool_dir)) as store:
         before = store.version()
         if before > MG.LATEST:
             fail(f"{config.store.describe()}: schema version {before} is newer than this listfilter knows"

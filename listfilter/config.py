@@ -385,7 +385,7 @@ def _store(t: _Table, site: Site, base: Path, configured: bool) -> StoreSettings
     retention = t.integer("retention_days", 365, minimum=0)
     store = StoreSettings(
         backend=backend,
-        path=(base / path) if path else site.state_dir / "maillog.sqlite",
+        path=(base / path) if path else site.state_dir / "maillog" / "maillog.sqlite",
         dsn_env=t.string("dsn_env", "LISTFILTER_STORE_DSN"),
         dsn=dsn,
         retention_days=retention,
@@ -445,7 +445,7 @@ def _web(t: _Table, site: Site, roster: Roster, base: Path) -> WebSettings:
         proxies=proxies,
         accounts=accounts,
         secret_env=t.string("secret_env", "LISTFILTER_WEB_SECRET"),
-        secret_file=(base / secret_file) if secret_file else site.state_dir / "web-secret",
+        secret_file=(base / secret_file) if secret_file else site.state_dir / "maillog" / "web-secret",
         roles_file=site.state_dir / "web-roles.json",
         page_size=t.integer("page_size", 50, minimum=1),
         session_hours=t.integer("session_hours", 12, minimum=1),

@@ -182,11 +182,52 @@ def parse_event(data: Any, *, store_bodies: bool = True, body_max_bytes: int = 6
 # The connection
 
 
-def open_store(settings: StoreSettings, *, create: bool = False) -> "Store":
-    """Connect to the store; with ``create`` an SQLite file may be made. Raise StoreError."""
+def open_store(settings: StoreSettings, *, create: bool = False, owner: tuple[int, int] | None = None) -> "Store":
+    """Connect to the store; raise StoreError.
+
+    With ``create`` an SQLite file (and its directory) may be made; made by
+    root, they are given to ``owner`` (see :func:`service_owner`), so that the
+    web app, running as that user, can write the log too.
+    """
     if settings.backend == "sqlite":
-        return _SQLite(settings, create)
+        return _SQLite(settings, create, owner)
     return _PostgreSQL(settings)
+
+
+#: The user the mail side runs as (master.cf's user=listfilter).
+SERVICE_USER = "listfilter"
+
+
+def service_owner(spool_dir: Path) -> tuple[int, int] | None:
+    """(uid, gid) that files root makes for the mail log should have: the spool's owner, else listfilter."""
+    try:
+        st = spool_dir.stat()
+        if st.st_uid != 0:
+            return st.st_uid, st.st_gid
+    except OSError:
+        pass
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        return None
+    return pw.pw_uid, pw.pw_gid
+
+
+def _give(path: Path, owner: tuple[int, int] | None) -> None:
+    """chown a file root just made to ``owner`` (nothing when not root)."""
+    if owner is None or os.geteuid() != 0:
+        return
+    try:
+        os.chown(path, *owner)
+    except OSError as exc:
+        log.warning("cannot give %s to uid %d: %s", path, owner[0], exc.strerror)
+
+
+def _owner_of(directory: Path) -> tuple[int, int] | None:
+    st = directory.stat()
+    return (st.st_uid, st.st_gid) if st.st_uid != os.geteuid() else None
 
 
 class Store:
@@ -386,12 +427,16 @@ class _SQLite(Store):
     dialect = "sqlite"
     _ts_type = "TEXT"
 
-    def __init__(self, settings: StoreSettings, create: bool):
+    def __init__(self, settings: StoreSettings, create: bool, owner: tuple[int, int] | None = None):
         super().__init__(settings)
         path = settings.path
         try:
-            if create:
-                path.parent.mkdir(parents=True, exist_ok=True)
+            if create and not path.exists():
+                if not path.parent.exists():
+                    path.parent.mkdir(parents=True)
+                    _give(path.parent, owner)
+                sqlite3.connect(path).close()
+                _give(path, owner)  # SQLite gives its -wal and -shm files the database's owner
             elif not path.exists():
                 raise StoreError(f"the store {path} does not exist: run `listfilter db upgrade`")
             self.conn = sqlite3.connect(path if create else f"file:{path}?mode=rw", uri=not create,
@@ -566,8 +611,13 @@ class IngestResult:
 @contextmanager
 def _ingest_lock(events: Path, wait: bool):
     claimed = events / CLAIMED
-    claimed.mkdir(mode=0o755, exist_ok=True)
+    owner = _owner_of(events)  # root working in the listfilter user's spool leaves it the user's
+    if not claimed.exists():
+        claimed.mkdir(mode=0o755, exist_ok=True)
+        _give(claimed, owner)
     fd = os.open(claimed / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    if owner:
+        _give(claimed / "lock", owner)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -693,7 +743,9 @@ def _ingest_files(store: Store, events: Path, paths: list[Path], result: IngestR
 def _set_aside(events: Path, path: Path, reason: str, result: IngestResult) -> None:
     """Move a malformed spool file to events/bad/, with its reason beside it."""
     bad = events / BAD
-    bad.mkdir(exist_ok=True)
+    if not bad.exists():
+        bad.mkdir(exist_ok=True)
+        _give(bad, _owner_of(events))
     target = bad / path.name
     if target.exists():
         target = bad / f"{path.stem}.{time.time_ns()}.json"
@@ -701,6 +753,7 @@ def _set_aside(events: Path, path: Path, reason: str, result: IngestResult) -> N
     try:
         os.rename(path, target)
         (bad / (target.name + ".reason")).write_text(reason + "\n", encoding="utf-8")
+        _give(bad / (target.name + ".reason"), _owner_of(events))
     except OSError as exc:
         log.error("spool file %s is malformed (%s) and cannot be moved aside: %s", path, reason, exc.strerror)
         result.bad.append((path.name, f"{reason} (could not move it aside: {exc.strerror})"))

@@ -352,10 +352,12 @@ def serve(config: Config, bind: str | None = None, *, threads: int = 4) -> None:
 
     from .config import parse_bind
 
-    app = create_app(config)  # WebError without a usable [web]
+    if config.web is None:
+        raise WebError("no [web] table in the config (docs/web.md)")
     host, port = parse_bind(bind or config.web.bind)
     with ST.open_store(config.store) as store:
         store.require_current()
+    app = create_app(config)
     logging.basicConfig(level=logging.INFO, format="listfilter web: %(levelname)s %(message)s")
     server = waitress.create_server(app, host=host, port=port, threads=threads, ident="listfilter")
     log.info("serving http://%s:%s/email (store: %s)", f"[{host}]" if ":" in host else host,

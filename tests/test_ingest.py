@@ -15,7 +15,7 @@ import pytest
 from listfilter import config as C
 from listfilter import store as ST
 
-from .conftest import COURSE_LISTS
+from .conftest import COURSE_LISTS, REPO
 from .test_store import (  # noqa: F401  (fixtures)
     CSV_ROSTER, STUDENTS, T0, backend, config, config_path, event, listfilter, store, store_toml, write_event)
 
@@ -304,3 +304,57 @@ def test_events_from_listfilter_deliver_end_up_in_the_log(make_config, tmp_path)
     assert ok.recipient_count == len(ok.recipients) > 0 and "instructor@example.edu" not in ok.recipients
     assert ok.body == "See you in <script>alert(1)</script>\n" and ok.subject == "exam <b>room</b>"
     assert by_id["<e2e-2@example.edu>"].status == "bounced"
+
+
+# ---------------------------------------------------------------- the production layout: root and listfilter
+
+
+@pytest.mark.integration
+def test_root_made_log_stays_usable_by_the_listfilter_user():
+    """sync and db upgrade run as root; deliver and the web app as listfilter: both must write the log."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (tests/run runs the suite as root)")
+    import pwd
+    import shutil
+
+    from .postfix_instance import ensure_user, traversable_tmpdir
+
+    user = ensure_user("listfilter")
+    with traversable_tmpdir(prefix="listfilter-log-") as base:
+        shutil.copy(REPO / "docs/example/roster.csv", base / "roster.csv")
+        path = base / "lists.toml"
+        path.write_text(f'[site]\nstate_dir = "state"\nowners = ["o@example.edu"]\n[postfix]\nmap_type = "texthash"\n'
+                        f'reload = false\n[roster]\ncsv = "roster.csv"\n{COURSE_LISTS}\n[store]\n'
+                        '[web]\nproxy_header = "X-Remote-User"\nproxies = ["127.0.0.1"]\n')
+        config = C.load(path)
+        assert listfilter(path, "db", "upgrade").returncode == 0  # before any spool exists
+        store_dir = config.store.path.parent
+        for p in (store_dir, config.store.path):
+            assert p.stat().st_uid == user.pw_uid, p
+        spool = config.site.spool_dir
+        (spool / "events").mkdir(parents=True)
+        for d in (spool, spool / "events"):
+            os.chown(d, user.pw_uid, user.pw_gid)
+        write_event(spool, event(1))
+        (spool / "events" / "junk.json").write_text("{")
+        proc = listfilter(path, "sync")  # root ingests
+        assert proc.returncode == 0 and "mail log: 1 event(s) logged" in proc.stdout, proc
+        for p in (spool / "events" / ".ingest", spool / "events" / ".ingest" / "lock", spool / "events" / "bad",
+                  spool / "events" / "bad" / "junk.json.reason"):
+            assert p.stat().st_uid == user.pw_uid, p
+        for p in store_dir.iterdir():  # SQLite's -wal and -shm, made by root, belong to the file's owner
+            assert p.stat().st_uid == user.pw_uid, p
+        write_event(spool, event(2))
+        os.chown(spool / "events" / f"{event(2)['id']}.json", user.pw_uid, user.pw_gid)
+        as_user = subprocess.run(
+            ["su", "-s", "/bin/sh", "listfilter", "-c",
+             f"{sys.executable} -m listfilter --config {path} log --json"
+             f" && {sys.executable} -c 'from listfilter import config, web;"
+             f" web.create_app(config.load(\"{path}\"))'"],
+            capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert as_user.returncode == 0, as_user.stderr
+        assert [r["subject"] for r in json.loads(as_user.stdout)] == ["Message 2", "Message 1"]
+        assert ST.pending_events(spool) == []
+        secret = store_dir / "web-secret"
+        assert secret.stat().st_uid == user.pw_uid and secret.stat().st_mode & 0o777 == 0o600
+        assert pwd.getpwuid(config.store.path.stat().st_uid).pw_name == "listfilter"

@@ -276,7 +276,7 @@ def test_bodies_are_capped_or_not_stored(store):
 def test_store_settings_and_errors(tmp_path, make_config, monkeypatch):
     config = C.load(make_config(COURSE_LISTS))
     assert config.store.backend == "sqlite"
-    assert config.store.path == tmp_path / "state" / "maillog.sqlite"
+    assert config.store.path == tmp_path / "state" / "maillog" / "maillog.sqlite"
     assert (config.store.retention_days, config.store.body_retention_days) == (365, 0)
     with pytest.raises(ST.StoreError, match="does not exist: run `listfilter db upgrade`"):
         ST.open_store(config.store)
