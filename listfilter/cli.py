@@ -270,6 +270,15 @@ def _store_checks(config: C.Config):
     if bad:
         yield "spool", False, (f"{len(bad)} malformed event file(s) in {config.site.spool_dir / ST.EVENTS / ST.BAD}"
                                " (see the .reason files, then delete them)")
+    web = config.web
+    if web is not None and web.proxy_header:
+        # sign-on through the proxy needs the roster roles that sync writes
+        try:
+            age = (time.time() - web.roles_file.stat().st_mtime) / 60
+            yield "web roles", True, f"{web.roles_file}: written {age:.0f} min ago"
+        except OSError:
+            yield "web roles", False, (f"{web.roles_file} is missing: only [web] admins can sign in"
+                                       " (run listfilter sync)")
 
 
 def _report(results, as_json: bool) -> None:

@@ -319,6 +319,9 @@ def create_app(config: Config, *, ingest_interval: float = 5.0) -> Flask:
             return render("web/login.html.j2", next=nxt, error=None, username="")
         client = request.remote_addr or "?"
         now = time.monotonic()
+        if len(failures) > 1000:  # forget clients with no recent failure
+            for key in [k for k, v in failures.items() if not v or now - v[-1] >= LOGIN_WINDOW]:
+                del failures[key]
         recent = [t for t in failures.get(client, []) if now - t < LOGIN_WINDOW]
         failures[client] = recent
         username = oneline(request.form.get("username", ""))[:320]

@@ -198,6 +198,17 @@ def test_proxy_user_roles_decide(client, site):
     assert r.status_code == 302 and "/login" in r.headers["Location"]
 
 
+def test_check_reports_missing_roles(make_config):
+    path = make_config(COURSE_LISTS + WEB, roster=CSV_ROSTER)
+    set_up(path, sync=False)
+    proc = listfilter(path, "check")
+    assert "PROBLEM  web roles: " in proc.stdout and "only [web] admins can sign in (run listfilter sync)" \
+        in proc.stdout, proc.stdout
+    assert listfilter(path, "sync").returncode == 0
+    proc = listfilter(path, "check")
+    assert proc.returncode == 0 and "ok       web roles: " in proc.stdout, proc.stdout
+
+
 def test_roles_setting_lets_tas_in_after_the_next_sync(make_config):
     path = make_config(COURSE_LISTS + WEB.replace("page_size = 3", 'page_size = 3\nroles = ["staff"]'),
                        roster=CSV_ROSTER)
