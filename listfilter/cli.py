@@ -77,9 +77,10 @@ def cli(ctx, config_path):
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Write nothing; print a diff of every map and of the snapshot summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print one line per list.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but warnings and errors (for cron).")
 @click.pass_context
 @handled
-def sync(ctx, dry_run, verbose):
+def sync(ctx, dry_run, verbose, quiet):
     """Compile the roster into the snapshot and Postfix maps.
 
     Writes only what changed (atomically), runs postmap for changed maps and
@@ -95,6 +96,8 @@ def sync(ctx, dry_run, verbose):
     result = Y.run(config)
     for warning in result.warnings:
         click.echo(f"listfilter: warning: {warning}", err=True)
+    if quiet:
+        return
     for note in result.notes:
         click.echo(note)
     plan = result.plan
@@ -304,7 +307,10 @@ def postfix_config(ctx, listfilter_path):
     from . import postfixconf
 
     config = load_config(ctx)
-    program = listfilter_path or shutil.which("listfilter") or str(Path(sys.argv[0]).resolve())
+    running = Path(sys.argv[0])
+    # the program actually running (e.g. /opt/listfilter/bin/listfilter), not whatever is first on $PATH
+    program = listfilter_path or (str(running.absolute()) if running.name == "listfilter" else None) \
+        or shutil.which("listfilter") or "/usr/local/bin/listfilter"
     click.echo(postfixconf.main_cf(config, program))
     click.echo(postfixconf.master_cf(config, program), nl=False)
 

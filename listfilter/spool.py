@@ -134,3 +134,30 @@ def record_notice(spool: Path, sender: str, day: str, list_address: str) -> None
 
 def _notice_path(spool: Path, sender: str, day: str) -> Path:
     return spool / NOTICES / day / hashlib.sha256(sender.lower().encode()).hexdigest()[:24]
+
+
+def prune(spool: Path, now: float, *, sent_days: float = 7, notice_days: float = 2) -> int:
+    """Remove delivery records older than the duplicate window and notice
+    counts of past days (sync calls this); returns how many files went."""
+    import shutil
+
+    removed = 0
+    sent = spool / SENT
+    if sent.is_dir():
+        for path in sent.iterdir():
+            try:
+                if now - path.stat().st_mtime > sent_days * 86400:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    notices = spool / NOTICES
+    if notices.is_dir():
+        for day in notices.iterdir():
+            try:
+                if now - day.stat().st_mtime > notice_days * 86400:
+                    removed += sum(1 for _ in day.iterdir())
+                    shutil.rmtree(day)
+            except FileNotFoundError:
+                pass
+    return removed

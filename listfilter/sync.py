@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -109,6 +110,13 @@ def run(config: Config) -> Result:
             notes, warnings = [], [f"mail log not updated: internal error ({type(exc).__name__}: {exc})"]
         result.notes.extend(notes)
         result.warnings.extend(warnings)
+        try:
+            from . import spool
+            from .deliver import DUPLICATE_WINDOW_DAYS
+
+            spool.prune(config.site.spool_dir, time.time(), sent_days=DUPLICATE_WINDOW_DAYS)
+        except OSError as exc:
+            result.warnings.append(f"spool not pruned: {exc}")
         return result
 
 

@@ -283,3 +283,33 @@ def test_check_reports_stale_state(example_config):
     proc = listfilter(example_config, "check")
     assert proc.returncode == 0, proc.stdout
     assert "ok       up to date: installed maps and snapshot match the roster" in proc.stdout
+
+
+def test_quiet_sync_prints_nothing_on_success(example_config):
+    proc = listfilter(example_config, "sync", "--quiet")
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+    assert (example_config.parent / "state" / "snapshot.sqlite").exists()
+
+
+def test_sync_prunes_old_delivery_records_and_notice_counts(example_config):
+    spool = example_config.parent / "state" / "spool"
+    old, new = spool / "sent" / "old.json", spool / "sent" / "new.json"
+    day = spool / "notices" / "2026-01-01"
+    for path in (old, new, day / "abc"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    eight_days_ago = time.time() - 8 * 86400
+    os.utime(old, (eight_days_ago, eight_days_ago))
+    os.utime(day, (eight_days_ago, eight_days_ago))
+    assert listfilter(example_config, "sync").returncode == 0
+    assert not old.exists() and new.exists() and not day.exists()
+
+
+def test_postfix_config_names_the_running_program(example_config, tmp_path):
+    link = tmp_path / "bin" / "listfilter"
+    link.parent.mkdir()
+    link.symlink_to(Path(sys.executable).parent / "listfilter")
+    proc = subprocess.run([str(link), "--config", str(example_config), "postfix-config"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"argv={link} --config {example_config.resolve()} deliver" in proc.stdout
