@@ -432,9 +432,11 @@ class _SQLite(Store):
         path = settings.path
         try:
             if create and not path.exists():
-                if not path.parent.exists():
+                try:
                     path.parent.mkdir(parents=True)
                     _give(path.parent, owner)
+                except FileExistsError:  # there already (or made just now by a concurrent upgrade)
+                    pass
                 sqlite3.connect(path).close()
                 _give(path, owner)  # SQLite gives its -wal and -shm files the database's owner
             elif not path.exists():
@@ -442,8 +444,16 @@ class _SQLite(Store):
             self.conn = sqlite3.connect(path if create else f"file:{path}?mode=rw", uri=not create,
                                         timeout=30, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA busy_timeout = 30000")
-            if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                self.conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the ingest
+            for attempt in range(100):
+                try:
+                    if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        self.conn.execute("PRAGMA journal_mode = WAL")  # readers never wait for the ingest
+                    break
+                except sqlite3.OperationalError as exc:
+                    # switching a new file to WAL does not wait for a concurrent opener: retry
+                    if "locked" not in str(exc) or attempt == 99:
+                        raise
+                    time.sleep(0.05)
             self.conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             raise StoreError(f"the store {path}: {exc}") from None
