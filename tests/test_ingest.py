@@ -358,3 +358,22 @@ def test_root_made_log_stays_usable_by_the_listfilter_user():
         secret = store_dir / "web-secret"
         assert secret.stat().st_uid == user.pw_uid and secret.stat().st_mode & 0o777 == 0o600
         assert pwd.getpwuid(config.store.path.stat().st_uid).pw_name == "listfilter"
+
+
+def test_rejections_recorded_by_the_policy_service_are_ingested(store, spool):
+    """The RCPT-time policy service records refusals as "rejected" events (its own shape): the log takes them."""
+    from types import SimpleNamespace
+
+    from listfilter import policy
+
+    row = SimpleNamespace(address=STUDENTS, display_name="CS 199 Students", posters_rule="course instructor")
+    action, ev = policy.decide({"request": "smtpd_access_policy", "protocol_state": "RCPT", "recipient": STUDENTS,
+                                "sender": "alice@example.edu", "queue_id": "", "client_address": "192.0.2.1"},
+                               lambda address: row if address == STUDENTS else None, lambda *a: False)
+    assert action.startswith("550") and ev["status"] == "rejected"
+    ev.update(id=str(__import__("uuid").uuid4()), created_at=T0.isoformat())  # as Service.record adds them
+    write_event(spool, ev)
+    assert ST.ingest(store, spool).ingested == 1
+    [row] = store.entries()
+    assert (row.status, row.sender_email, row.recipient_count) == ("rejected", "alice@example.edu", 0)
+    assert "may not post" in row.error_message
