@@ -296,6 +296,18 @@ def create_app(config: Config, *, ingest_interval: float = 5.0) -> Flask:
         return render("web/email_detail.html.j2", e=entry, body=body_view(entry.body),
                       ingest_warning=g.ingest_warning)
 
+    @app.get("/bounces")
+    def bounce_list():
+        """Bounce scores and suppressed addresses (read from the spool)."""
+        from . import bounces as B
+
+        spool = config.site.spool_dir
+        suppressed = B.suppressed(spool)
+        states = sorted(B.all_states(spool), key=lambda s: (s["address"] not in suppressed, -s["score"],
+                                                             s["address"]))
+        return render("web/bounces.html.j2", states=states, suppressed=suppressed, threshold=B.THRESHOLD,
+                      ingest_warning=g.ingest_warning)
+
     @app.errorhandler(404)
     def not_found(exc):
         return problem(404, "Not found", "There is no such page or message.")

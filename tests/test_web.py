@@ -97,7 +97,7 @@ def proxied(user: str, addr: str = PROXY) -> dict:
 
 ID4 = event(4)["id"]
 ROUTES = ["/", "/email", "/email?status=failed", f"/email/{ID4}", "/email/not-a-uuid", "/email/" + str(uuid.uuid4()),
-          "/nosuch"]
+          "/bounces", "/nosuch"]
 
 
 # ---------------------------------------------------------------- no way in without auth
@@ -356,3 +356,21 @@ def test_render_time_with_10000_rows(site, capsys):
     with capsys.disabled():
         print("\n[web 10,005 rows, 50 per page] " + ", ".join(f"{k}: {v * 1000:.0f} ms" for k, v in timings.items()))
     assert max(timings.values()) < 3
+
+
+def test_bounces_page_shows_scores_and_suppressed_addresses(client, site):
+    from listfilter import bounces as B
+
+    spool = site.site.spool_dir
+    B.write_state(spool, "Gone@Example.edu", {"score": 5, "last_bounce": "2026-11-20", "suppressed": True,
+                                              "lists": ["students@lists.example.edu"]})
+    B.suppress(spool, "gone@example.edu", "5 bounces")
+    B.write_state(spool, "flaky@example.edu", {"score": 2, "last_bounce": "2026-11-21", "suppressed": False,
+                                               "lists": ["staff@lists.example.edu"]})
+    assert client.get("/bounces").status_code in (302, 401)  # not without signing in
+    login(client)
+    html = client.get("/bounces").get_data(as_text=True)
+    rows = re.findall(r'<tr data-address="([^"]+)">(.*?)</tr>', html, re.S)
+    assert [a for a, _ in rows] == ["gone@example.edu", "flaky@example.edu"]  # suppressed first
+    assert 'class="badge failed">suppressed<' in rows[0][1] and "students@lists.example.edu" in rows[0][1]
+    assert "counting" in rows[1][1] and ">2<" in rows[1][1]
