@@ -306,13 +306,29 @@ class Delivery:
             "recipient_count": len(outcome.recipients),
             "error_message": outcome.error,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "body": self.body[:BODY_CAP].decode("utf-8", "replace"),
+            "body": self._body_text(),
         }
         try:
             spool.write_event(self.spool_dir, event)
         except spool.SpoolError as exc:
             raise Defer(str(exc)) from None
         return outcome
+
+    def _body_text(self) -> str:
+        """The body for the log, capped: a single text part decoded (transfer
+        encoding and charset, as its headers say); anything else as it came."""
+        raw = self.body[:BODY_CAP]
+        try:
+            if self.headers.get_content_maintype() == "text":
+                from email.parser import BytesParser
+
+                from . import rewrite as W
+
+                part = BytesParser(policy=W.make_policy()).parsebytes(W.render(self.headers, raw))
+                return part.get_content()
+        except Exception:  # an undecodable body is logged as it came
+            pass
+        return raw.decode("utf-8", "replace")
 
     def _print_dry_run(self, outcome: Outcome, message: bytes | None) -> None:
         out = sys.stdout

@@ -288,3 +288,22 @@ def test_message_without_message_id_gets_one_for_tracing(env):
     # a retry of the same queue file is still recognised (by queue id) and not re-sent
     assert env.deliver(post).returncode == 0
     assert len(env.sent()) == 1
+
+
+@pytest.mark.parametrize("headers,body,text", [
+    (b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n",
+     b"R3LDvMOfZSBhdXMgZGVyIMOcYnVuZw==\n", "Grüße aus der Übung"),
+    (b"Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable\n",
+     b"Caf=E9 at noon=\n today\n", "Café at noon today\n"),
+    (b"Content-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: 8bit\n",
+     "Café\n".encode("latin-1"), "Café\n"),
+    (b"Content-Type: multipart/mixed; boundary=b\n", b"--b\n\npart\n--b--\n", "--b\n\npart\n--b--\n"),
+])
+def test_event_body_is_decoded_for_a_single_text_part(env, headers, body, text):
+    post = b"From: instructor@example.edu\nSubject: s\nMessage-ID: <enc@example.edu>\nMIME-Version: 1.0\n" \
+           + headers + b"\n" + body
+    assert env.deliver(post).returncode == 0
+    [event] = env.events()
+    assert event["body"] == text
+    [(_, sent)] = env.sent()
+    assert sent.endswith(b"\n\n" + body)  # what members get is untouched
