@@ -106,9 +106,9 @@ class Delivery:
             raise NoSuchList(f"{self.args.recipient!r} is not a list address")
         try:
             snap = S.Snapshot(S.locate(self.args.config))
+            self.settings = snap.settings()
         except S.SnapshotError as exc:
             raise Defer(str(exc)) from None
-        self.settings = snap.settings()
         self.spool_dir = Path(self.settings["spool_dir"])
         with snap:
             row = snap.get_list(target.list_address)
