@@ -41,15 +41,30 @@ def compile_lists(config, rows) -> list[CompiledList]:
     """Every list on every domain, computed from config and roster rows (pure)."""
     from . import roster as R
 
+    with R.bulk():
+        return _compile(config, list(rows), R)
+
+
+def _compile(config, rows, R) -> list[CompiledList]:
+    grouped = R.by_course(rows)
     out = []
+    # Domains that serve the same course (a dev and a prod domain) share their
+    # members and posters: work each out once per course.
+    per_course: dict = {}
     for dname, domain in sorted(config.domains.items()):
-        course = R.course_rows(rows, domain)
-        roles = R.roles_by_person(course, config.roster)
+        if domain.course not in per_course:
+            course = rows if domain.course is None else grouped.get(domain.course, [])
+            per_course[domain.course] = (R.CourseIndex(course, config.roster), {})
+        index, computed = per_course[domain.course]
         for lst in sorted(config.lists.values(), key=lambda l: l.local_part):
             if dname not in lst.domains:
                 continue
-            members = R.members(lst, course, config.roster)
-            allowed = R.posters(lst, members, roles)
+            if lst.name not in computed:
+                members = index.members(lst)
+                allowed = index.posters(lst, members)
+                # Member is an (email, name) named tuple: sorted by lower-cased address
+                computed[lst.name] = (tuple(m for _, m in sorted(members.items())), tuple(sorted(allowed)))
+            members_t, posters_t = computed[lst.name]
             out.append(CompiledList(
                 address=f"{lst.local_part}@{dname}",
                 name=lst.name,
@@ -62,8 +77,8 @@ def compile_lists(config, rows) -> list[CompiledList]:
                 owners=lst.owners,
                 posters_rule=lst.posters.describe(),
                 exclude_poster=lst.exclude_poster,
-                members=tuple((m.email, m.name) for _, m in sorted(members.items())),
-                posters=tuple(sorted(allowed)),
+                members=members_t,
+                posters=posters_t,
             ))
     return out
 
@@ -81,11 +96,19 @@ def site_settings(config) -> dict[str, str]:
 
 
 def digest(lists: list[CompiledList], settings: dict[str, str]) -> str:
-    """A content hash: equal digests mean an identical snapshot."""
+    """A content hash: equal digests mean an identical snapshot.
+
+    The members and posters (nearly all of the bytes) are hashed as text
+    joined with lone surrogates, which no decoded roster, CSV or TOML string
+    can contain, so the encoding is unambiguous; the other fields as JSON.
+    """
     h = hashlib.sha256(FORMAT.encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     for lst in lists:
-        h.update(json.dumps(lst.__dict__, sort_keys=True, ensure_ascii=False).encode())
+        fields = {k: v for k, v in lst.__dict__.items() if k not in ("members", "posters")}
+        h.update(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        h.update("\udcfd".join(["\udcfe".join(map("\udcff".join, lst.members)),
+                                 "\udcfe".join(lst.posters), ""]).encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
 
