@@ -1,8 +1,10 @@
 """The ``listfilter`` console script.
 
 Mail-side commands run once per message (Postfix's pipe spawns them), so they
-are dispatched here with argparse from the standard library, before click or
-anything heavy is imported. Every other command goes to :mod:`listfilter.cli`.
+are dispatched here before click or anything heavy is imported, and their
+plain command lines (what master.cf passes) are parsed without even argparse
+(:func:`quick_parse`); help and usage errors still get argparse's messages.
+Every other command goes to :mod:`listfilter.cli`.
 """
 
 from __future__ import annotations
@@ -32,9 +34,101 @@ def command_of(argv: list[str]) -> str | None:
     return None
 
 
+class _Options:
+    """Records what a mail command's ``add_arguments()`` declares: the subset of
+    argparse they use (long options with a value, ``store_true`` flags)."""
+
+    def __init__(self):
+        self.options: dict[str, tuple[str, bool, bool, object]] = {}
+
+    def add_argument(self, *names, required=False, default=None, action=None, **_ignored):
+        long = [n for n in names if n.startswith("--")]
+        if len(long) != 1 or action not in (None, "store_true"):
+            raise ValueError(f"the mail commands' quick parser cannot handle {names!r}")
+        flag = action == "store_true"
+        self.options[long[0]] = (long[0][2:].replace("-", "_"), flag, required, False if flag else default)
+
+
+def quick_parse(argv: list[str], name: str, mod):
+    """The namespace argparse would build for ``argv`` — when ``argv`` is plain.
+
+    Postfix spawns a mail command per message, and argparse costs a few
+    milliseconds of imports each time (gettext and locale, and shutil for the
+    help formatter). Exact long options in the order master.cf writes them
+    (``--config PATH`` before the command, the command's own options after it)
+    are parsed here; anything else (help, an abbreviation, an unknown option,
+    a missing required one, a value that starts with "-") returns None and
+    goes to argparse, which gives the same answers and the usual messages.
+    """
+    from types import SimpleNamespace
+
+    spec = _Options()
+    mod.add_arguments(spec)
+    values: dict[str, object] = {"config": None, "command": name}
+    for dest, _flag, _required, default in spec.options.values():
+        values[dest] = default
+    given: set[str] = set()
+    i, n, in_command = 0, len(argv), False
+
+    def value_at(j: int) -> str | None:
+        return argv[j] if j < n and not argv[j].startswith("-") else None
+
+    while i < n:
+        arg = argv[i]
+        if not in_command:
+            if arg == name:
+                in_command = True
+                i += 1
+            elif arg == "--config" and value_at(i + 1) is not None:
+                values["config"] = argv[i + 1]
+                i += 2
+            elif arg.startswith("--config=") and not arg[9:].startswith("-"):
+                values["config"] = arg[9:]
+                i += 1
+            else:
+                return None
+            continue
+        option, eq, inline = arg.partition("=")
+        known = spec.options.get(option)
+        if known is None:
+            return None
+        dest, flag, _required, _default = known
+        if flag:
+            if eq:
+                return None
+            values[dest] = True
+            i += 1
+        elif eq:
+            if inline.startswith("-"):
+                return None
+            values[dest] = inline
+            i += 1
+        else:
+            if value_at(i + 1) is None:
+                return None
+            values[dest] = argv[i + 1]
+            i += 2
+        given.add(option)
+    if not in_command or any(req and opt not in given for opt, (_, _, req, _) in spec.options.items()):
+        return None
+    return SimpleNamespace(**values)
+
+
 def run_mail_command(argv: list[str]) -> int:
-    import argparse
     import importlib
+
+    name = command_of(argv)
+    module, func = MAIL_COMMANDS[name].split(":")
+    mod = importlib.import_module(module)
+    args = quick_parse(argv, name, mod)
+    if args is None:
+        args = parse_with_argparse(argv, name, mod)
+    return getattr(mod, func)(args)
+
+
+def parse_with_argparse(argv: list[str], name: str, mod):
+    """Help, usage errors and unusual command lines: the full argparse."""
+    import argparse
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):
@@ -47,13 +141,9 @@ def run_mail_command(argv: list[str]) -> int:
                         help="the list config (default: $LISTFILTER_CONFIG or /etc/listfilter/lists.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
     # only the command being run is imported (each is spawned per message or connection)
-    name = command_of(argv)
-    module, func = MAIL_COMMANDS[name].split(":")
-    mod = importlib.import_module(module)
     summary = mod.__doc__.strip().splitlines()[0]
     mod.add_arguments(sub.add_parser(name, prog=f"listfilter {name}", help=summary, description=summary))
-    args = parser.parse_args(argv)
-    return getattr(mod, func)(args)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
