@@ -142,7 +142,7 @@ def load_postgresql(roster: Roster, semesters: list[str]) -> list[Enrollment]:
                     raise RosterError(f"roster query does not return column(s) {', '.join(missing)}")
                 pick = itemgetter(*(names.index(c) for c in COLUMNS))
                 rows = []
-                append = rows.append
+                append, make = rows.append, Enrollment._make
                 # fetchall() builds the tuples in psycopg's C code, far faster than iterating
                 for rec in cur.fetchall():
                     email, name, etype, active, semester, course = pick(rec)
@@ -150,8 +150,8 @@ def load_postgresql(roster: Roster, semesters: list[str]) -> list[Enrollment]:
                     if (type(email) is str and "@" in email and type(active) is bool and type(etype) is str
                             and type(semester) is str and (name is None or type(name) is str)
                             and (course is None or type(course) is str)):
-                        append(Enrollment(email.strip(), name.strip() if name else "", etype.strip(), active,
-                                          semester.strip(), (course.strip() or None) if course is not None else None))
+                        append(make((email.strip(), name.strip() if name else "", etype.strip(), active,
+                                     semester.strip(), (course.strip() or None) if course is not None else None)))
                         continue
                     try:
                         append(_row(email, name, etype, active, semester, course))
@@ -215,20 +215,21 @@ class CourseIndex:
 
     def __init__(self, rows: Iterable[Enrollment], roster: Roster):
         self.roster = roster
-        buckets: dict[tuple[bool, str, str], list[tuple[int, str, str, str]]] = {}
-        for pos, row in enumerate(rows):
-            k = (row.active, row.semester, row.enrollment_type)
+        buckets: dict[tuple[bool, str, str], list[tuple[int, str, Member]]] = {}
+        new = tuple.__new__  # Member(email, name) without the Python-level __new__
+        for pos, (email, name, etype, active, semester, _course) in enumerate(rows):
+            k = (active, semester, etype)
             bucket = buckets.get(k)
             if bucket is None:
                 bucket = buckets[k] = []
-            bucket.append((pos, row.email.lower(), row.email, row.name))
+            bucket.append((pos, email.lower(), new(Member, (email, name))))
         self.buckets = buckets
         # who holds each enrollment type (active, current semester): the roles' base
         current = roster.current_semester
         self.holders: dict[str, set[str]] = {}
         for (active, semester, etype), bucket in buckets.items():
             if active and semester == current:
-                self.holders.setdefault(etype, set()).update(key for _, key, _, _ in bucket)
+                self.holders.setdefault(etype, set()).update(key for _, key, _ in bucket)
 
     def members(self, lst: ListConfig) -> dict[str, Member]:
         """As :func:`members` (roster order decides spelling and name)."""
@@ -239,10 +240,10 @@ class CourseIndex:
             wanted = self.roster.expand_roles(query.roles) if query.roles is not None else None
             picked = [b for (active, sem, etype), b in self.buckets.items()
                       if active == query.active and sem == semester and (wanted is None or etype in wanted)]
-            rows = picked[0] if len(picked) == 1 else sorted(r for b in picked for r in b)
-            for _, key, email, name in rows:
+            rows = picked[0] if len(picked) == 1 else sorted((r for b in picked for r in b), key=itemgetter(0))
+            for _, key, member in rows:
                 if key not in out:
-                    out[key] = Member(email, name)
+                    out[key] = member
         for email in lst.member_emails:
             out.setdefault(email.lower(), Member(email, ""))
         return out
