@@ -2,8 +2,8 @@
 
 Mail-side commands run once per message (Postfix's pipe spawns them), so they
 are dispatched here before click or anything heavy is imported, and their
-plain command lines (what master.cf passes) are parsed without even argparse
-(:func:`quick_parse`); help and usage errors still get argparse's messages.
+plain command lines (what master.cf passes) are parsed with getopt rather than
+argparse (:func:`quick_parse`); help and usage errors still get argparse's.
 Every other command goes to :mod:`listfilter.cli`.
 """
 
@@ -50,66 +50,38 @@ class _Options:
 
 
 def quick_parse(argv: list[str], name: str, mod):
-    """The namespace argparse would build for ``argv`` — when ``argv`` is plain.
+    """The namespace argparse would build for a plain command line, or None.
 
     Postfix spawns a mail command per message, and argparse costs a few
-    milliseconds of imports each time (gettext and locale, and shutil for the
-    help formatter). Exact long options in the order master.cf writes them
-    (``--config PATH`` before the command, the command's own options after it)
-    are parsed here; anything else (help, an abbreviation, an unknown option,
-    a missing required one, a value that starts with "-") returns None and
-    goes to argparse, which gives the same answers and the usual messages.
+    milliseconds of imports each time (gettext, and shutil for its help
+    formatter). The command lines master.cf writes are parsed with the
+    standard library's lighter getopt instead; anything it does not take
+    (help, an unknown option, a stray argument, a missing required option)
+    returns None and goes to argparse, for the usual messages.
     """
+    import getopt
     from types import SimpleNamespace
 
     spec = _Options()
     mod.add_arguments(spec)
+    longopts = [opt[2:] + ("" if flag else "=") for opt, (_, flag, _, _) in spec.options.items()]
+    try:
+        at = argv.index(name)
+        global_opts, stray = getopt.getopt(argv[:at], "", ["config="])
+        opts, rest = getopt.getopt(argv[at + 1:], "", longopts)
+    except (ValueError, getopt.GetoptError):
+        return None
+    if stray or rest:
+        return None
     values: dict[str, object] = {"config": None, "command": name}
-    for dest, _flag, _required, default in spec.options.values():
-        values[dest] = default
-    given: set[str] = set()
-    i, n, in_command = 0, len(argv), False
-
-    def value_at(j: int) -> str | None:
-        return argv[j] if j < n and not argv[j].startswith("-") else None
-
-    while i < n:
-        arg = argv[i]
-        if not in_command:
-            if arg == name:
-                in_command = True
-                i += 1
-            elif arg == "--config" and value_at(i + 1) is not None:
-                values["config"] = argv[i + 1]
-                i += 2
-            elif arg.startswith("--config=") and not arg[9:].startswith("-"):
-                values["config"] = arg[9:]
-                i += 1
-            else:
-                return None
-            continue
-        option, eq, inline = arg.partition("=")
-        known = spec.options.get(option)
-        if known is None:
-            return None
-        dest, flag, _required, _default = known
-        if flag:
-            if eq:
-                return None
-            values[dest] = True
-            i += 1
-        elif eq:
-            if inline.startswith("-"):
-                return None
-            values[dest] = inline
-            i += 1
-        else:
-            if value_at(i + 1) is None:
-                return None
-            values[dest] = argv[i + 1]
-            i += 2
-        given.add(option)
-    if not in_command or any(req and opt not in given for opt, (_, _, req, _) in spec.options.items()):
+    values.update({dest: default for dest, _, _, default in spec.options.values()})
+    for _, value in global_opts:
+        values["config"] = value
+    for option, value in opts:
+        dest, flag, _, _ = spec.options[option]
+        values[dest] = True if flag else value
+    given = {option for option, _ in opts}
+    if any(required and option not in given for option, (_, _, required, _) in spec.options.items()):
         return None
     return SimpleNamespace(**values)
 

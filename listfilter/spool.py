@@ -64,23 +64,11 @@ def delivery_key(message_key: str, list_address: str) -> str:
     return hashlib.sha256(f"{message_key}\0{list_address.lower()}".encode()).hexdigest()[:32]
 
 
-#: uuid.NAMESPACE_URL's bytes (6ba7b811-9dad-11d1-80b4-00c04fd430c8)
-_NAMESPACE_URL = bytes.fromhex("6ba7b8119dad11d180b400c04fd430c8")
-
-
 def event_id(message_key: str, list_address: str) -> str:
-    """A stable UUID per (message, list): a retry's record replaces the earlier one.
+    """A stable UUID per (message, list): a retry's record replaces the earlier one."""
+    import uuid
 
-    ``uuid.uuid5(uuid.NAMESPACE_URL, name)``, computed as RFC 4122 §4.3 says
-    (SHA-1, version and variant bits) so that every delivery does not import
-    the uuid module (and platform with it).
-    """
-    name = f"listfilter:{message_key}\0{list_address.lower()}"
-    b = bytearray(hashlib.sha1(_NAMESPACE_URL + name.encode("utf-8")).digest()[:16])
-    b[6] = (b[6] & 0x0F) | 0x50
-    b[8] = (b[8] & 0x3F) | 0x80
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"listfilter:{message_key}\0{list_address.lower()}"))
 
 
 class Progress:
