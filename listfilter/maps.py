@@ -30,85 +30,12 @@ class MapError(Exception):
     """postmap or postfix failed; the message is one line for the operator."""
 
 
-class Rendered(dict):
-    """Map name -> text, and ``key``: the digest of what they were rendered from."""
-
-    key: str = ""
-
-
-#: Extended attribute on each installed map source: "<render key> <sha256 of its text>".
-MEMO_XATTR = "user.listfilter.rendered"
-
-
 def render(config: Config, lists) -> dict[str, str]:
-    """The text of every map for these compiled lists (pure).
-
-    The maps depend on the list addresses and owners, not on the members, so
-    they rarely change. :func:`install` tags each map it installs (an
-    extended attribute) with a digest of the templates and of everything they
-    were given, plus a digest of the text itself. When every installed map
-    carries the current key and still holds that text, the installed text is
-    the rendering, and Jinja2 (some 40 ms to import and compile the
-    templates) is not loaded at all. Where extended attributes are not
-    supported, maps are simply rendered every time.
-    """
-    context = _context(config, lists)
-    key = _render_key(context)
-    memo = _read_memo(config, key)
-    if memo is not None:
-        return memo
+    """The text of every map for these compiled lists (pure)."""
     from .templating import render as render_template
 
-    out = Rendered((name, render_template(f"postfix/{name}.j2", **context)) for name in MAP_NAMES)
-    out.key = key
-    return out
-
-
-def _render_key(context: dict) -> str:
-    import hashlib
-    import json
-
-    from .templating import template_dir
-
-    h = hashlib.sha256(b"listfilter maps 1\0")
-    h.update(json.dumps(context, sort_keys=True, default=list).encode())
-    for name in MAP_NAMES:
-        h.update(b"\0" + (template_dir() / "postfix" / f"{name}.j2").read_bytes())
-    return h.hexdigest()
-
-
-def _text_digest(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _read_memo(config: Config, key: str) -> Rendered | None:
-    out = Rendered()
-    for name in MAP_NAMES:
-        path = config.site.map_dir / name
-        try:
-            tag = os.getxattr(path, MEMO_XATTR).decode("ascii")
-            text = path.read_text(encoding="utf-8")
-        except (OSError, AttributeError, UnicodeError):  # no file, no tag, or no xattr support
-            return None
-        if tag != f"{key} {_text_digest(text)}":
-            return None
-        out[name] = text
-    out.key = key
-    return out
-
-
-def _write_memo(directory: Path, maps) -> None:
-    """Tag the installed maps with their render key; where that fails, there is just no memo."""
-    key = getattr(maps, "key", "")
-    if not key:
-        return
-    for name in MAP_NAMES:
-        try:
-            os.setxattr(directory / name, MEMO_XATTR, f"{key} {_text_digest(maps[name])}".encode("ascii"))
-        except (OSError, AttributeError, KeyError):
-            return
+    context = _context(config, lists)
+    return {name: render_template(f"postfix/{name}.j2", **context) for name in MAP_NAMES}
 
 
 def _context(config: Config, lists) -> dict:
@@ -197,7 +124,6 @@ def install(config: Config, maps: dict[str, str], names: list[str]) -> None:
                     os.replace(index_tmp, directory / (name + suffix))
                 finally:
                     index_tmp.unlink(missing_ok=True)
-    _write_memo(directory, maps)
     fsync_dir(directory)
 
 

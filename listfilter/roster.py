@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from operator import itemgetter
 from typing import Iterable, NamedTuple
 
-from .config import Config, Domain, ListConfig, MemberQuery, Roster
+from .config import Config, Domain, ListConfig, Roster
 
 #: The default query, for the schema in docs/roster.md. It must return the
 #: columns email, name, enrollment_type, active, semester, course; the one
@@ -207,8 +207,7 @@ def by_course(rows: Iterable[Enrollment]) -> dict[str | None, list[Enrollment]]:
 class CourseIndex:
     """One course's rows, bucketed once by (active, semester, enrollment type).
 
-    Gives the same answers as :func:`members`, :func:`roles_by_person` and
-    :func:`posters`, but a list reads only the rows that can match it, and
+    A list reads only the rows that can match it, and
     posting rights by role are set unions: compiling 200 lists from 50,000
     rows no longer walks every row once per list.
     """
@@ -232,7 +231,9 @@ class CourseIndex:
                 self.holders.setdefault(etype, set()).update(key for _, key, _ in bucket)
 
     def members(self, lst: ListConfig) -> dict[str, Member]:
-        """As :func:`members` (roster order decides spelling and name)."""
+        """A list's members on one domain, keyed by lower-cased address: roster
+        matches first (in roster order, which decides spelling and name), then
+        the explicit emails; duplicates collapse to one."""
         out: dict[str, Member] = {}
         query = lst.members_query
         if query is not None:
@@ -256,49 +257,13 @@ class CourseIndex:
         return out
 
     def posters(self, lst: ListConfig, list_members: dict[str, Member]) -> set[str]:
-        """As :func:`posters`."""
+        """Lower-cased addresses allowed to post to a list on one domain."""
         allowed = {e.lower() for e in lst.posters.emails}
         if lst.posters.members:
             allowed.update(list_members)
         for role in lst.posters.roles or ():
             allowed |= self.role_holders(role)
         return allowed
-
-
-def matches(row: Enrollment, query: MemberQuery, roster: Roster) -> bool:
-    if row.active != query.active:
-        return False
-    if row.semester != (query.semester or roster.current_semester):
-        return False
-    if query.roles is not None and row.enrollment_type not in roster.expand_roles(query.roles):
-        return False
-    return True
-
-
-def members(lst: ListConfig, rows: Iterable[Enrollment], roster: Roster) -> dict[str, Member]:
-    """A list's members on one domain, keyed by lower-cased address.
-
-    ``rows`` are that domain's course rows. Roster matches come first (they
-    carry names), then the explicit emails; duplicates collapse to one.
-    """
-    out: dict[str, Member] = {}
-    query = lst.members_query
-    if query is not None:
-        # :func:`matches`, with the query's values worked out once per list, not per row
-        active = query.active
-        semester = query.semester or roster.current_semester
-        wanted = roster.expand_roles(query.roles) if query.roles is not None else None
-        for row in rows:
-            if row.active != active or row.semester != semester:
-                continue
-            if wanted is not None and row.enrollment_type not in wanted:
-                continue
-            key = row.email.lower()
-            if key not in out:
-                out[key] = Member(row.email, row.name)
-    for email in lst.member_emails:
-        out.setdefault(email.lower(), Member(email, ""))
-    return out
 
 
 def roles_by_person(rows: Iterable[Enrollment], roster: Roster) -> dict[str, frozenset[str]]:
@@ -328,14 +293,3 @@ def roles_by_person(rows: Iterable[Enrollment], roster: Roster) -> dict[str, fro
             roles = resolved[held] = held | {alias for alias, targets in aliases if held & targets}
         out[key] = roles
     return out
-
-
-def posters(lst: ListConfig, list_members: dict[str, Member], roles: dict[str, frozenset[str]]) -> set[str]:
-    """Lower-cased addresses allowed to post to a list on one domain."""
-    allowed = {e.lower() for e in lst.posters.emails}
-    if lst.posters.members:
-        allowed.update(list_members)
-    if lst.posters.roles:
-        wanted = set(lst.posters.roles)
-        allowed.update(k for k, held in roles.items() if held & wanted)
-    return allowed
