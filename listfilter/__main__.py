@@ -1,5 +1,5 @@
 """``python -m listfilter``: the same as the ``listfilter`` command."""
 
-from .launcher import main
+from .cli import main
 
 main()

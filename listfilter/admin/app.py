@@ -1,0 +1,382 @@
+"""The admin pages: ``/email``, the mail log for the course staff (Flask, served by waitress).
+
+``listfilter web`` serves :func:`create_app` with waitress. Every page but the
+login form needs an authenticated user who passes :func:`listfilter.auth.allowed`:
+
+- behind a single sign-on proxy, the user's address arrives in
+  ``[web] proxy_header``, believed only from the ``[web] proxies`` addresses;
+- standalone, ``[web.accounts]`` holds password hashes; ``/login`` sets a
+  signed session cookie (HttpOnly, SameSite=Lax, Secure over HTTPS).
+
+Every POST carries a CSRF token bound to the session. Pages contain no
+JavaScript (the Content-Security-Policy forbids it): a row opens in place with
+``<details>``, and a message body is shown as escaped text, never as HTML.
+The app only reads: the store, and the spool's directory listing to say when
+the log is behind. It never writes on a GET; moving the spool into the store
+is sync's job (cron), so the app can run as a user of its own (docs/web.md).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hmac
+import logging
+import re
+import secrets
+import time
+import zoneinfo
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Flask, abort, g, redirect, render_template, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface
+
+from ..common.events import STATUSES, valid_id
+from ..common.spool import pending_events
+from ..store import database as ST
+from ..store.database import CONTROL_CHARS as _CONTROL, oneline
+from ..sync.config import Config, WebSettings
+from ..sync.templating import template_dir
+from . import auth as A
+
+log = logging.getLogger("listfilter.web")
+log.addHandler(logging.NullHandler())
+
+#: Body text fetched for a row on the list page (the permalink shows all of it).
+LIST_BODY_CHARS = 16 * 1024
+#: Recipients shown for a row on the list page.
+LIST_RECIPIENTS = 200
+#: Failed logins per client address before a pause.
+LOGIN_ATTEMPTS = 10
+LOGIN_WINDOW = 300.0
+
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self';"
+       " frame-ancestors 'none'; base-uri 'none'")
+
+
+
+class WebError(Exception):
+    """The web app cannot start; one line for the operator."""
+
+
+class _App(Flask):
+    def select_jinja_autoescape(self, filename):
+        # our templates are *.html.j2: escape them all (Flask only knows .html)
+        return filename is None or filename.endswith((".html", ".html.j2", ".j2"))
+
+
+class _Sessions(SecureCookieSessionInterface):
+    """The session cookie is Secure whenever the request came over HTTPS."""
+
+    def get_cookie_secure(self, app):
+        return bool(getattr(g, "https", False)) or super().get_cookie_secure(app)
+
+
+def secret_key(web: WebSettings) -> bytes:
+    """From $LISTFILTER_WEB_SECRET, else the secret file (made on first use, mode 0600)."""
+    import os
+
+    value = os.environ.get(web.secret_env, "")
+    if value:
+        if len(value) < 16:
+            raise WebError(f"${web.secret_env} is too short (at least 16 characters)")
+        return value.encode()
+    path = web.secret_file
+    try:
+        return path.read_bytes().strip() or _new_secret(path)
+    except FileNotFoundError:
+        return _new_secret(path)
+    except OSError as exc:
+        raise WebError(f"cannot read the session secret {path}: {exc.strerror}") from None
+
+
+def _new_secret(path: Path) -> bytes:
+    import os
+
+    key = secrets.token_hex(32).encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key + b"\n")
+    except FileExistsError:
+        return path.read_bytes().strip()
+    except OSError as exc:
+        raise WebError(f"cannot create the session secret {path}: {exc.strerror}") from None
+    return key
+
+
+def body_view(text: str | None) -> dict:
+    """What to show of a stored body: readable text parts, attachment names, the source.
+
+    The store keeps the message body as received (no headers). A multipart
+    body names its boundary on its first line, so its parts can be decoded;
+    a single-part body is shown as it is. HTML is only ever shown as text.
+    """
+    if not text:
+        return {"parts": [], "attachments": [], "source": text or "", "decoded": False}
+    first = next((l for l in text.splitlines() if l.strip()), "")
+    if first.startswith("--") and 2 < len(first.strip()) <= 200 and '"' not in first:
+        boundary = first.strip()[2:]
+        try:
+            msg = email.parser.Parser(policy=email.policy.default).parsestr(
+                f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n{text}')
+            parts, attachments, html = [], [], []
+            for part in msg.walk():
+                if part.is_multipart():
+                    continue
+                ctype = part.get_content_type()
+                if part.get_filename() or part.get_content_disposition() == "attachment":
+                    attachments.append(oneline(part.get_filename() or ctype))
+                elif ctype == "text/plain":
+                    parts.append(("text", part.get_content()))
+                elif ctype == "text/html":
+                    html.append(("HTML, shown as text", part.get_content()))
+                else:
+                    attachments.append(ctype)
+            if parts or html or attachments:
+                return {"parts": parts or html, "attachments": attachments, "source": text, "decoded": True}
+        except Exception:  # a body that only looks multipart: show it as it is
+            pass
+    return {"parts": [("text", text)], "attachments": [], "source": text, "decoded": False}
+
+
+#: Events older than this still waiting in the spool mean sync is not ingesting them.
+BACKLOG_AGE = 3600
+
+
+def backlog_warning(spool_dir: Path, now: float | None = None) -> str | None:
+    """A warning when events wait in the spool for longer than :data:`BACKLOG_AGE` (reads only)."""
+    try:
+        waiting = pending_events(spool_dir)
+        oldest = min((p.stat().st_mtime for p in waiting), default=None)
+    except OSError:
+        return None
+    if oldest is None or (now or time.time()) - oldest < BACKLOG_AGE:
+        return None
+    return (f"{len(waiting)} event(s) have waited in the spool for over an hour: the log is behind."
+            " Is `listfilter sync` running from cron?")
+
+
+def create_app(config: Config) -> Flask:
+    """The Flask application for one config (checked: raises WebError if it cannot work)."""
+    web = config.web
+    if web is None:
+        raise WebError("no [web] table in the config (docs/web.md)")
+    app = _App(__name__, template_folder=str(template_dir()), static_folder=None)
+    app.session_interface = _Sessions()
+    app.config.update(
+        SECRET_KEY=secret_key(web),
+        SESSION_COOKIE_NAME="listfilter_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=web.session_hours),
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    app.jinja_env.filters["oneline"] = oneline
+    tz = zoneinfo.ZoneInfo(config.site.timezone)
+    app.jinja_env.filters["localtime"] = lambda t: t.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+    app.jinja_env.filters["isotime"] = lambda t: t.astimezone(tz).isoformat()
+    roles = A.Roles(web.roles_file)
+    failures: dict[str, list[float]] = {}
+
+    def render(template: str, http_status: int = 200, **context):
+        context.setdefault("user", getattr(g, "user", None))
+        context.setdefault("via", getattr(g, "via", None))
+        context.setdefault("csrf", csrf_token())
+        context.setdefault("statuses", STATUSES)
+        return render_template(template, **context), http_status
+
+    def csrf_token() -> str:
+        if "csrf" not in session:
+            session["csrf"] = secrets.token_urlsafe(32)
+        return session["csrf"]
+
+    def problem(status: int, title: str, detail: str):
+        return render("web/error.html.j2", status, title=title, detail=detail,
+                      login=bool(web.accounts) and status == 401)
+
+    @app.before_request
+    def gate():
+        proxy = A.from_proxy(web, request.remote_addr)
+        g.https = request.scheme == "https" or (
+            proxy and request.headers.get("X-Forwarded-Proto", "").lower() == "https")
+        if request.method == "POST":
+            sent = request.form.get("csrf_token", "")
+            expected = session.get("csrf", "")
+            if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+                return problem(400, "Bad request", "The form has expired or did not come from this site."
+                                                   " Reload the page and try again.")
+        g.user = g.via = None
+        if web.proxy_header:
+            value = request.headers.get(web.proxy_header)
+            if value is not None and proxy:
+                value = oneline(value).lower()
+                if value:
+                    g.user, g.via = value, "proxy"
+            elif value is not None:
+                log.warning("ignoring %s from %s: not a configured proxy", web.proxy_header, request.remote_addr)
+        if g.user is None and session.get("via") == "password" and session.get("user") in web.accounts:
+            g.user, g.via = session["user"], "password"
+        if request.endpoint in ("login", "logout"):
+            return None
+        if g.user is None:
+            if web.accounts and request.method == "GET":
+                return redirect(url_for("login", next=request.full_path.rstrip("?")))
+            return problem(401, "Sign-in required", "These pages are for the course staff."
+                           + (" Sign in first." if web.accounts else " Sign in through the campus single sign-on."))
+        if not A.allowed(web, roles, g.user, g.via):
+            log.warning("refused %s (%s): not an instructor or admin", g.user, g.via)
+            return problem(403, "Not allowed", f"{g.user} is not an instructor of this course"
+                                               " nor one of the site's admins.")
+        try:
+            g.store = ST.open_store(config.store)
+            g.store.require_current()
+        except ST.StoreError as exc:
+            log.error("%s", exc)
+            return problem(503, "Mail log unavailable", str(exc))
+        g.ingest_warning = backlog_warning(config.site.spool_dir)
+        return None
+
+    @app.teardown_request
+    def close_store(exc=None):
+        store = g.pop("store", None)
+        if store is not None:
+            store.close()
+
+    @app.after_request
+    def headers(response):
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/")
+    def index():
+        return redirect(url_for("email_list"))
+
+    @app.get("/email")
+    def email_list():
+        store: ST.Store = g.store
+        status = request.args.get("status", "")
+        status = status if status in STATUSES else ""
+        lists = dict(store.list_addresses())
+        lst = request.args.get("list", "").lower()
+        lst = lst if lst in lists else ""
+        try:
+            page = max(1, int(request.args.get("page", "1")))
+        except ValueError:
+            page = 1
+        filters = {"status": [status] if status else None, "lists": [lst] if lst else None}
+        total = store.count(**filters)
+        pages = max(1, -(-total // web.page_size))
+        page = min(page, pages)
+        entries = store.entries(**filters, limit=web.page_size, offset=(page - 1) * web.page_size,
+                                body_chars=LIST_BODY_CHARS)
+        args = {k: v for k, v in (("status", status), ("list", lst)) if v}
+        return render("web/email_list.html.j2", entries=entries, total=total, page=page, pages=pages,
+                      current_status=status, lst=lst, lists=lists, args=args, body_view=body_view,
+                      list_body_chars=LIST_BODY_CHARS, list_recipients=LIST_RECIPIENTS,
+                      ingest_warning=g.ingest_warning)
+
+    @app.get("/email/<ident>")
+    def email_detail(ident):
+        if not valid_id(ident):
+            abort(404)
+        ident = ident.lower()
+        entry = g.store.get(ident)
+        if entry is None:
+            abort(404)
+        return render("web/email_detail.html.j2", e=entry, body=body_view(entry.body),
+                      ingest_warning=g.ingest_warning)
+
+    @app.get("/bounces")
+    def bounce_list():
+        """Bounce scores and suppressed addresses (read from the spool)."""
+        from . import bounces as B
+
+        spool = config.site.spool_dir
+        suppressed = B.suppressed(spool)
+        states = sorted(B.all_states(spool), key=lambda s: (s["address"] not in suppressed, -s["score"],
+                                                             s["address"]))
+        return render("web/bounces.html.j2", states=states, suppressed=suppressed, threshold=B.THRESHOLD,
+                      ingest_warning=g.ingest_warning)
+
+    @app.errorhandler(404)
+    def not_found(exc):
+        return problem(404, "Not found", "There is no such page or message.")
+
+    @app.errorhandler(405)
+    def not_allowed(exc):
+        return problem(405, "Method not allowed", "")
+
+    @app.errorhandler(413)
+    def too_large(exc):
+        return problem(413, "Request too large", "")
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login():
+        if not web.accounts:
+            return problem(404, "Not found", "Sign in through the campus single sign-on.")
+        nxt = request.values.get("next", "")
+        if not (nxt.startswith("/") and not nxt.startswith("//") and "\\" not in nxt) or _CONTROL.search(nxt):
+            nxt = url_for("email_list")
+        if request.method == "GET":
+            return render("web/login.html.j2", next=nxt, error=None, username="")
+        client = request.remote_addr or "?"
+        now = time.monotonic()
+        if len(failures) > 1000:  # forget clients with no recent failure
+            for key in [k for k, v in failures.items() if not v or now - v[-1] >= LOGIN_WINDOW]:
+                del failures[key]
+        recent = [t for t in failures.get(client, []) if now - t < LOGIN_WINDOW]
+        failures[client] = recent
+        username = oneline(request.form.get("username", ""))[:320]
+        if len(recent) >= LOGIN_ATTEMPTS:
+            return render("web/login.html.j2", 429, next=nxt, username=username,
+                          error="Too many failed sign-ins; wait a few minutes.")
+        if not A.verify_password(web.accounts, username, request.form.get("password", "")):
+            recent.append(now)
+            log.warning("failed sign-in for %r from %s", username, client)
+            return render("web/login.html.j2", 401, next=nxt, username=username,
+                          error="Wrong user name or password.")
+        session.clear()  # a new session: no fixation
+        session.permanent = True
+        session["user"] = username.lower()
+        session["via"] = "password"
+        session["csrf"] = secrets.token_urlsafe(32)
+        log.info("%s signed in from %s", username.lower(), client)
+        return redirect(nxt)
+
+    @app.post("/logout")
+    def logout():
+        session.clear()
+        return redirect(url_for("login") if web.accounts else url_for("email_list"))
+
+    return app
+
+
+def serve(config: Config, bind: str | None = None, *, threads: int = 4) -> None:
+    """Serve the app with waitress until interrupted."""
+    import waitress
+
+    from ..sync.config import parse_bind
+
+    if config.web is None:
+        raise WebError("no [web] table in the config (docs/web.md)")
+    host, port = parse_bind(bind or config.web.bind)
+    with ST.open_store(config.store) as store:
+        store.require_current()
+    app = create_app(config)
+    logging.basicConfig(level=logging.INFO, format="listfilter web: %(levelname)s %(message)s")
+    server = waitress.create_server(app, host=host, port=port, threads=threads, ident="listfilter")
+    log.info("serving http://%s:%s/email (store: %s)", f"[{host}]" if ":" in host else host,
+             server.effective_port, config.store.describe())
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()

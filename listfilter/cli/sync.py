@@ -1,0 +1,151 @@
+"""`sync`, `maps`, `lists`, `members` and `postfix-config`: compiling and showing the lists."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..sync import compiler as K
+from ..sync import config as C
+from ..sync import maps as M
+from ..sync import roster as R
+from ..sync import run as Y
+from . import cli, fail, load_config
+
+# ---------------------------------------------------------------- sync
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Write nothing; print a diff of every map and of the snapshot summary.")
+@click.option("-v", "--verbose", is_flag=True, help="Also print one line per list.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but warnings and errors (for cron).")
+@click.pass_context
+def sync(ctx, dry_run, verbose, quiet):
+    """Compile the roster into the snapshot and Postfix maps.
+
+    Writes only what changed (atomically), runs postmap for changed maps and
+    `postfix reload` when a map changed. If the roster or the config cannot be
+    read, nothing is touched and the exit status is non-zero.
+    """
+    config = load_config(ctx)
+    if dry_run:
+        plan = Y.plan(config)
+        _print_dry_run(config, plan)
+        return
+    started = time.monotonic()
+    result = Y.run(config)
+    for warning in result.warnings:
+        click.echo(f"listfilter: warning: {warning}", err=True)
+    if quiet:
+        return
+    for note in result.notes:
+        click.echo(note)
+    plan = result.plan
+    if verbose:
+        for line in Y.snapshot_summary(plan.lists):
+            click.echo(line, nl=False)
+    what = []
+    if plan.snapshot_changed:
+        what.append("snapshot")
+    what.extend(f"map {n}" for n in plan.maps_changed)
+    members = sum(len(l.members) for l in plan.lists)
+    status = ("updated " + ", ".join(what)) if what else "unchanged"
+    reload_note = "; postfix reloaded" if result.reloaded else ""
+    click.echo(f"sync: {len(plan.lists)} lists, {members} memberships: {status}{reload_note}"
+               f" ({time.monotonic() - started:.2f} s)")
+
+
+def _print_dry_run(config: C.Config, plan: Y.Plan) -> None:
+    import difflib
+
+    click.echo(M.diff(config, plan.maps), nl=False)
+    old = Y.installed_summary(config)
+    new = Y.snapshot_summary(plan.lists)
+    snap = str(config.site.snapshot_path)
+    click.echo("".join(difflib.unified_diff(old, new, fromfile=snap if old else "/dev/null",
+                                            tofile=snap + " (summary)")), nl=False)
+    changes = (["snapshot"] if plan.snapshot_changed else []) + plan.maps_changed
+    click.echo(f"dry run: would update {', '.join(changes)}" if changes else "dry run: nothing would change")
+
+
+@cli.command("maps")
+@click.pass_context
+def maps_cmd(ctx):
+    """Print the Postfix maps that sync would install."""
+    config = load_config(ctx)
+    plan = Y.plan(config)
+    for name, text in plan.maps.items():
+        click.echo(f"# ==> {config.site.map_dir / name} <==")
+        click.echo(text)
+
+
+# ---------------------------------------------------------------- lists
+
+
+def _compiled(config: C.Config) -> list:
+    return K.compile_lists(config, R.load(config))
+
+
+@cli.command("lists")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def lists_cmd(ctx, as_json):
+    """Show every list address with its member count and who may post (live from the roster)."""
+    config = load_config(ctx)
+    lists = _compiled(config)
+    if as_json:
+        click.echo(json.dumps([
+            {"address": l.address, "name": l.name, "display_name": l.display_name,
+             "description": l.description, "members": len(l.members), "posters": len(l.posters),
+             "posters_rule": l.posters_rule, "reply_to": l.reply_to, "owners": list(l.owners)}
+            for l in lists], indent=2))
+        return
+    for l in lists:
+        click.echo(f"{l.address}\t{l.display_name}\t{len(l.members)} members\tposters: {l.posters_rule}")
+
+
+@cli.command()
+@click.argument("list_name", metavar="LIST")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def members(ctx, list_name, as_json):
+    """Show the members of LIST (a list address, or a list name for every domain it is on)."""
+    config = load_config(ctx)
+    wanted = list_name.lower()
+    lists = [l for l in _compiled(config) if wanted in (l.address, l.name.lower())]
+    if not lists:
+        fail(f"no list {list_name!r} (see `listfilter lists`)")
+    if as_json:
+        click.echo(json.dumps({l.address: [{"email": e, "name": n} for e, n in l.members] for l in lists},
+                              indent=2))
+        return
+    for l in lists:
+        if len(lists) > 1:
+            click.echo(f"# {l.address}")
+        for email, name in l.members:
+            click.echo(f"{email}\t{name}" if name else email)
+
+
+# ---------------------------------------------------------------- postfix
+
+
+@cli.command("postfix-config")
+@click.option("--listfilter", "listfilter_path", metavar="PATH",
+              help="Path of the listfilter program for master.cf (default: this one).")
+@click.pass_context
+def postfix_config(ctx, listfilter_path):
+    """Print the main.cf settings and master.cf entries for this config."""
+    from ..sync import postfixconf
+
+    config = load_config(ctx)
+    running = Path(sys.argv[0])
+    # the program actually running (e.g. /opt/listfilter/bin/listfilter), not whatever is first on $PATH
+    program = listfilter_path or (str(running.absolute()) if running.name == "listfilter" else None) \
+        or shutil.which("listfilter") or "/usr/local/bin/listfilter"
+    click.echo(postfixconf.main_cf(config, program))
+    click.echo(postfixconf.master_cf(config, program), nl=False)

@@ -1,0 +1,191 @@
+"""The event record: what the mail side decided about one message, for the mail log.
+
+Every producer (``deliver``, ``policy``) builds an :class:`Event`; the spool
+(:mod:`listfilter.common.spool`) stores it as one JSON file; ingest
+(:mod:`listfilter.store.ingest`) reads it back with :func:`from_json`, which
+is the one validation. The status words are these and no others:
+
+=============  ===========================================================
+``delivered``  handed back to Postfix for the members (``recipient_count``
+               of them; 0 means nobody was left to send to)
+``bounced``    the poster may not post: refused after the queue, notice sent
+               (or why not)
+``rejected``   the poster was refused at RCPT time by the policy service;
+               nothing was queued
+``failed``     listfilter could not hand it on (sendmail failed): Postfix
+               retries, and a later record replaces this one
+``discarded``  stopped on purpose and not sent: a mail loop or a duplicate
+=============  ===========================================================
+
+Standard library only (the mail side writes these per message).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from collections import namedtuple
+
+STATUSES = ("delivered", "bounced", "rejected", "failed", "discarded")
+
+FIELDS = ("id", "status", "list_address", "created_at", "rule", "list_display_name", "sender_email",
+          "sender_name", "envelope_sender", "client_address", "subject", "message_id", "queue_id",
+          "recipients", "recipient_count", "error_message", "body")
+_DEFAULTS = ("", "", "", "", "", "", "", "", "", (), 0, "", "")
+
+
+class BadEvent(ValueError):
+    """A record that is not a valid event."""
+
+
+class Event(namedtuple("Event", FIELDS, defaults=_DEFAULTS)):
+    """One outcome for one (message, list). ``created_at`` is an ISO 8601 UTC
+    time; ``rule`` names the rule that decided (see :mod:`listfilter.mail.rules`)."""
+
+    __slots__ = ()
+
+    def to_json(self) -> bytes:
+        data = self._asdict()
+        data["recipients"] = list(self.recipients)
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def stable_id(message_key: str, list_address: str) -> str:
+    """One id per (Message-ID or queue id, list): a retry's record replaces the earlier one."""
+    return hashlib.sha256(f"listfilter:{message_key}\0{list_address.lower()}".encode(
+        "utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def random_id() -> str:
+    """An id for a record that stands alone (a refusal at RCPT time)."""
+    return os.urandom(16).hex()
+
+
+_ID = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
+
+
+def valid_id(ident: str) -> bool:
+    """Whether ``ident`` has the form of an event id (a URL part, a CLI argument)."""
+    return bool(_ID.match(ident.lower()))
+
+
+_TEXT_LIMITS = {"list_address": 320, "sender_email": 320, "envelope_sender": 320, "client_address": 100,
+                "message_id": 1000, "queue_id": 100, "rule": 40}
+#: Longest text kept for the other one-line fields (subject, names, error message).
+FIELD_MAX = 4000
+
+
+def _text(data: dict, name: str, limit: int | None) -> str:
+    """A text field: a string or null; NULs (which PostgreSQL refuses) and lone surrogates replaced."""
+    value = data.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadEvent(f"{name}: expected a string, not {type(value).__name__}")
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value[:limit] if limit is not None else value
+
+
+def from_json(raw: bytes) -> Event:
+    """Validate one spool record; raise BadEvent (a ValueError) saying what is wrong."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadEvent(f"not UTF-8 (byte {exc.start})") from None
+    except ValueError as exc:
+        raise BadEvent(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadEvent(f"expected a JSON object, not {type(data).__name__}")
+    ident = data.get("id")
+    if not isinstance(ident, str) or not _ID.match(ident.lower()):
+        raise BadEvent(f"id: not an event id: {ident!r:.80}")
+    status = data.get("status")
+    if status not in STATUSES:
+        raise BadEvent(f"status: {status!r:.40} is not one of {', '.join(STATUSES)}")
+    fields = {name: _text(data, name, _TEXT_LIMITS.get(name, FIELD_MAX))
+              for name in FIELDS if name not in ("id", "status", "recipients", "recipient_count", "body")}
+    fields["list_address"] = fields["list_address"].strip().lower()
+    if "@" not in fields["list_address"]:
+        raise BadEvent(f"list_address: not an address: {fields['list_address']!r:.80}")
+    raw_time = data.get("created_at")
+    if not isinstance(raw_time, str):
+        raise BadEvent("created_at: missing")
+    try:
+        created = dt.datetime.fromisoformat(raw_time)
+    except ValueError:
+        raise BadEvent(f"created_at: not an ISO 8601 time: {raw_time!r:.40}") from None
+    created = created.replace(tzinfo=dt.timezone.utc) if created.tzinfo is None else created
+    fields["created_at"] = created.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat()
+    recipients = data.get("recipients") or []
+    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+        raise BadEvent("recipients: expected a list of strings")
+    count = data.get("recipient_count", len(recipients))
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise BadEvent(f"recipient_count: expected a count, not {count!r:.40}")
+    return Event(id=ident.lower(), status=status, recipient_count=count, body=_text(data, "body", None),
+                 recipients=tuple(_text({"r": r}, "r", 320) for r in recipients), **fields)
+
+
+# --------------------------------------------------------------------------
+# Bounce records: what the -bounces pipe found in one bounce
+
+
+BOUNCE_FIELDS = ("id", "list_address", "received_at", "day", "member", "permanent", "temporary", "queue_id")
+
+
+class BounceRecord(namedtuple("BounceRecord", BOUNCE_FIELDS, defaults=("", (), (), ""))):
+    """One bounce to a list's -bounces address, as ``listfilter-bounce`` read it.
+
+    ``member`` is the address VERP names ("" without VERP); ``permanent`` and
+    ``temporary`` are the failed addresses flufl.bounce reported that are
+    this list's (with VERP: the member, by the kind of failure). ``day`` is
+    the site-local date the bounce arrived on; scoring (sync) counts at most
+    one point per address per day. The mail side only ever creates these.
+    """
+
+    __slots__ = ()
+
+    def to_json(self) -> bytes:
+        data = self._asdict()
+        data["permanent"], data["temporary"] = list(self.permanent), list(self.temporary)
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+def bounce_from_json(raw: bytes) -> BounceRecord:
+    """Validate one bounce record; raise BadEvent."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadEvent(f"not a JSON bounce record: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadEvent(f"expected a JSON object, not {type(data).__name__}")
+    ident = data.get("id")
+    if not isinstance(ident, str) or not _ID.match(ident.lower()):
+        raise BadEvent(f"id: not a record id: {ident!r:.80}")
+    fields = {name: _text(data, name, 320) for name in ("list_address", "received_at", "day", "member", "queue_id")}
+    if "@" not in fields["list_address"]:
+        raise BadEvent(f"list_address: not an address: {fields['list_address']!r:.80}")
+    try:
+        dt.date.fromisoformat(fields["day"])
+        dt.datetime.fromisoformat(fields["received_at"])
+    except ValueError:
+        raise BadEvent(f"day/received_at: not ISO 8601: {fields['day']!r:.20} {fields['received_at']!r:.40}") from None
+    lists = {}
+    for name in ("permanent", "temporary"):
+        value = data.get(name) or []
+        if not isinstance(value, list) or not all(isinstance(a, str) and "@" in a for a in value):
+            raise BadEvent(f"{name}: expected a list of addresses")
+        lists[name] = tuple(sorted({a.strip().lower()[:320] for a in value}))
+    return BounceRecord(id=ident.lower(), **fields, **lists)

@@ -1,0 +1,311 @@
+"""The spool: the mail side's state, in plain files that ``ls`` and ``cat`` explain.
+
+Under the spool directory (site.spool_dir, writable by the ``listfilter`` user)::
+
+    events/<id>.json           one record per outcome (an Event), for the mail log
+    events/.ingest/            records sync has claimed and not yet committed
+    events/bad/                records ingest could not read, each with a .reason file
+    sent/<key>.json            progress, then completion, of one (message, list) delivery
+    sent/<key>.lock            held while that delivery runs: one delivery at a time
+    sent/bad/                  progress records that could not be read, set aside
+    notices/<day>/<sender>.<n> slot n of that sender's refusal notices that day
+    bounces/<id>.json          one record per bounce received (create-only; sync scores them)
+
+The mail side only ever creates files (temporary name, then rename) or takes
+an exclusive slot (``O_EXCL``); the checks that must not race are atomic:
+the duplicate window and a delivery's progress are read and written under an
+flock of their lock file, and a notice is sent only by the process that
+created its slot. Sync ingests events and bounces and prunes old records.
+This module is the only one that knows the tree. Standard library only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from .errors import Defer
+
+EVENTS = "events"
+CLAIMED = ".ingest"
+BAD = "bad"
+SENT = "sent"
+NOTICES = "notices"
+BOUNCES = "bounces"
+SUBDIRS = (EVENTS, SENT, NOTICES, BOUNCES)
+
+#: A (Message-ID, list) pair delivered this recently is not delivered again;
+#: sync prunes its record after that.
+DUPLICATE_WINDOW_DAYS = 7
+#: How long a delivery waits for a concurrent delivery of the same message to the same list.
+LOCK_WAIT = 120.0
+
+
+class SpoolError(Defer):
+    """The spool cannot be used: the mail side defers (exit 75)."""
+
+
+def ensure(spool: Path) -> None:
+    """Check (and create where possible) the spool directories; raise SpoolError."""
+    for sub in SUBDIRS:
+        d = spool / sub
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"spool {d} cannot be created: {exc.strerror}") from None
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise SpoolError(f"spool {d} is not writable by uid {os.getuid()}")
+
+
+def _write(path: Path, data: bytes) -> None:
+    from .atomic import write_bytes
+
+    try:
+        write_bytes(path, data)
+    except OSError as exc:
+        raise SpoolError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def set_aside(path: Path, reason: str) -> Path | None:
+    """Move an unreadable record into ``bad/`` beside it, with ``<name>.reason``; the new path."""
+    bad = path.parent / BAD
+    target = bad / f"{path.name}.{time.time_ns()}"
+    try:
+        bad.mkdir(exist_ok=True)
+        os.rename(path, target)
+        (bad / (target.name + ".reason")).write_text(" ".join(reason.split())[:500] + "\n", encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            path.unlink()  # cannot keep it: never let it block the mail
+        except OSError:
+            pass
+        return None
+    return target
+
+
+# --------------------------------------------------------------------------
+# events/
+
+
+def write_event(spool: Path, event) -> Path:
+    """Store an :class:`~listfilter.common.events.Event` (a retry's record replaces the earlier one)."""
+    path = spool / EVENTS / f"{event.id}.json"
+    _write(path, event.to_json())
+    return path
+
+
+def pending_events(spool: Path) -> list[Path]:
+    """Event files waiting for ingest (claimed ones included)."""
+    events = spool / EVENTS
+    out = []
+    for d in (events / CLAIMED, events):
+        try:
+            out.extend(p for p in d.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def bad_events(spool: Path) -> list[Path]:
+    try:
+        return sorted(p for p in (spool / EVENTS / BAD).iterdir() if p.name.endswith(".json"))
+    except FileNotFoundError:
+        return []
+
+
+# --------------------------------------------------------------------------
+# bounces/
+
+
+def write_bounce(spool: Path, record) -> Path:
+    """Store a :class:`~listfilter.common.events.BounceRecord` under its own (random) id."""
+    path = spool / BOUNCES / f"{record.id}.json"
+    _write(path, record.to_json())
+    return path
+
+
+def pending_bounces(spool: Path) -> list[Path]:
+    """Bounce records waiting for sync to score them, oldest name first."""
+    try:
+        return sorted(p for p in (spool / BOUNCES).iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+# --------------------------------------------------------------------------
+# sent/
+
+
+def delivery_key(message_key: str, list_address: str) -> str:
+    """A file name for one (Message-ID or queue id, list) pair."""
+    return hashlib.sha256(f"{message_key}\0{list_address.lower()}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class Delivery:
+    """One (message, list) delivery, held exclusively while it runs.
+
+    ``with Delivery(spool, key, list) as d:`` waits (at most :data:`LOCK_WAIT`
+    seconds, then defers) until no other process delivers the same message to
+    the same list, then reads its progress: whether it is ``done`` and how
+    recently (:meth:`recent`), and which recipients Postfix already
+    ``accepted``. A record that cannot be read is set aside (``set_aside``
+    says where) and the delivery starts afresh: a member may get a second
+    copy, but none is lost.
+    """
+
+    def __init__(self, spool: Path, message_key: str, list_address: str):
+        key = delivery_key(message_key, list_address)
+        self.path = spool / SENT / f"{key}.json"
+        self.lock_path = spool / SENT / f"{key}.lock"
+        self.fresh = {"message": message_key, "list": list_address, "done": False, "accepted": []}
+        self.data = dict(self.fresh)
+        self.set_aside: str | None = None
+        self._fd: int | None = None
+
+    def __enter__(self):
+        try:
+            self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot open {self.lock_path}: {exc.strerror}") from None
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.__exit__()
+                    raise SpoolError("another delivery of this message to this list is still running") from None
+                time.sleep(0.05)
+        self.load()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+    def load(self) -> None:
+        """Read the progress record (a dry run reads it without the lock)."""
+        try:
+            with open(self.path, "rb") as fh:
+                data = json.loads(fh.read())
+            if not isinstance(data, dict) or not isinstance(data.get("accepted", []), list):
+                raise ValueError("not a progress record")
+            self.data = data
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            where = set_aside(self.path, f"unreadable progress record: {exc}")
+            self.set_aside = f"{self.path} was unreadable ({exc}); set aside as {where}; delivering afresh"
+
+    @property
+    def done(self) -> bool:
+        return bool(self.data.get("done"))
+
+    def recent(self, max_age_days: float) -> bool:
+        try:
+            return time.time() - self.path.stat().st_mtime < max_age_days * 86400
+        except FileNotFoundError:
+            return False
+
+    @property
+    def accepted(self) -> set[str]:
+        return {str(a).lower() for a in self.data.get("accepted", [])}
+
+    def record_batch(self, addresses: list[str], queue_id: str | None) -> None:
+        self.data["accepted"] = list(self.data.get("accepted", [])) + list(addresses)
+        self.data.setdefault("queue_ids", []).append(queue_id)
+        _write(self.path, json.dumps(self.data, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+    def finish(self, **info) -> None:
+        """Mark the delivery complete; the accepted addresses are no longer needed."""
+        accepted = len(self.data.pop("accepted", []))
+        self.data.update(info, done=True, accepted_count=accepted)
+        _write(self.path, json.dumps(self.data, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+# --------------------------------------------------------------------------
+# notices/
+
+
+def _sender_hash(sender: str) -> str:
+    return hashlib.sha256(sender.lower().encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def claim_notice(spool: Path, sender: str, day: str, limit: int) -> Path | None:
+    """Take one of ``limit`` notice slots of ``sender`` on ``day``, or None when all are taken.
+
+    Creating a slot with O_EXCL is atomic, so twenty simultaneous refusals
+    from one sender send at most ``limit`` notices. Give a slot back with
+    :func:`release_notice` if the notice could not be sent.
+    """
+    directory = spool / NOTICES / day
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpoolError(f"cannot create {directory}: {exc.strerror}") from None
+    name = _sender_hash(sender)
+    for n in range(limit):
+        path = directory / f"{name}.{n}"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise SpoolError(f"cannot create {path}: {exc.strerror}") from None
+    return None
+
+
+def release_notice(slot: Path) -> None:
+    try:
+        slot.unlink()
+    except OSError:
+        pass
+
+
+def notices_sent(spool: Path, sender: str, day: str) -> int:
+    """How many notice slots ``sender`` holds on ``day``."""
+    prefix = _sender_hash(sender) + "."
+    try:
+        return sum(1 for name in os.listdir(spool / NOTICES / day) if name.startswith(prefix))
+    except FileNotFoundError:
+        return 0
+
+
+# --------------------------------------------------------------------------
+# pruning (sync)
+
+
+def prune(spool: Path, now: float, *, sent_days: float = DUPLICATE_WINDOW_DAYS, notice_days: float = 2) -> int:
+    """Remove delivery records older than the duplicate window and notice
+    slots of past days; returns how many files went."""
+    import shutil
+
+    removed = 0
+    sent = spool / SENT
+    if sent.is_dir():
+        for path in sent.iterdir():
+            try:
+                if path.is_file() and now - path.stat().st_mtime > sent_days * 86400:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    notices = spool / NOTICES
+    if notices.is_dir():
+        for day in notices.iterdir():
+            try:
+                if now - day.stat().st_mtime > notice_days * 86400:
+                    removed += sum(1 for _ in day.iterdir())
+                    shutil.rmtree(day)
+            except FileNotFoundError:
+                pass
+    return removed

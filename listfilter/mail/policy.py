@@ -1,0 +1,169 @@
+"""Postfix policy service: refuse unauthorised posters at RCPT time.
+
+``listfilter-policy --snapshot PATH`` speaks Postfix's policy delegation
+protocol (SMTPD_POLICY_README) on stdin/stdout. spawn(8) starts it per SMTP client
+connection and it answers requests until Postfix closes the stream. Postfix's
+smtpd calls it through ``check_policy_service`` in
+``smtpd_recipient_restrictions``.
+
+For RCPT to a list address, an envelope sender that may not post gets
+``action=550 5.7.1 …`` naming the list and who may post (and so does the
+null sender); everything else gets ``action=DUNNO``. The sender's own MTA
+tells the sender why, and listfilter has sent nothing: no backscatter. If the
+snapshot cannot be read the answer is DUNNO: the after-queue check in
+``deliver`` still enforces the rule.
+
+Standard library only, like the rest of the mail side.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import syslog
+import time
+
+from ..common import spool as SP
+from ..common.addresses import parse_recipient
+from ..common.events import Event, now_utc, random_id
+from ..common.paths import DEFAULT_SNAPSHOT
+from ..common.snapshot import Snapshot, SnapshotError
+from .command import help_requested, parse, print_help, usage
+
+DUNNO = "DUNNO"
+OPTIONS = {"snapshot": DEFAULT_SNAPSHOT}
+HELP = """Answer Postfix policy requests on stdin/stdout (run by spawn(8), one process per SMTP connection).
+
+  --snapshot PATH   the compiled snapshot (default /var/lib/listfilter/snapshot.sqlite)
+"""
+
+
+def parse_request(lines: list[str]) -> dict[str, str]:
+    """``name=value`` lines (without the terminating empty line) → dict.
+
+    Malformed lines (no ``=``) are ignored, as Postfix's own servers do; a
+    value may itself contain ``=``.
+    """
+    request = {}
+    for line in lines:
+        name, eq, value = line.partition("=")
+        if eq and name:
+            request[name.strip()] = value
+    return request
+
+
+def decide(request: dict[str, str], get_list, may_post) -> tuple[str, Event | None]:
+    """The action for one request, and the rejection to record (or None).
+
+    ``get_list(address)`` returns the snapshot's list row or None;
+    ``may_post(list_address, sender)`` answers from the snapshot. Pure apart
+    from those two lookups.
+    """
+    if request.get("request") != "smtpd_access_policy" or request.get("protocol_state", "RCPT") != "RCPT":
+        return DUNNO, None
+    target = parse_recipient(request.get("recipient", ""))
+    if target is None or target.kind != "post":
+        return DUNNO, None  # not a list, or its -bounces/-owner/-request address
+    row = get_list(target.list_address)
+    if row is None:
+        return DUNNO, None  # unknown addresses are Postfix's relay_recipient_maps' job
+    sender = request.get("sender", "").strip().strip("<>")
+    if not sender:
+        reason = f"<{row.address}> accepts no mail from the null sender"
+    elif may_post(row.address, sender):
+        return DUNNO, None
+    else:
+        reason = f"<{sender}> may not post to <{row.address}>; only {row.posters_rule} may"
+    event = Event(id=random_id(), status="rejected", list_address=row.address, created_at=now_utc(),
+                  rule="policy", list_display_name=row.display_name, sender_email=sender, envelope_sender=sender,
+                  client_address=request.get("client_address", ""), queue_id=request.get("queue_id", ""),
+                  error_message=reason)
+    # An explicit 550 rather than REJECT, whose code (access_map_reject_code)
+    # defaults to 554: "mailbox unavailable / not allowed" is what this is.
+    return f"550 5.7.1 {reason}", event
+
+
+class Service:
+    """One policy connection: answers requests, re-opening the snapshot when sync replaces it."""
+
+    def __init__(self, snapshot_path: str):
+        self.path = snapshot_path
+        self.snap = None
+        self.stamp = None
+
+    def snapshot(self) -> Snapshot:
+        st = os.stat(self.path)
+        stamp = (st.st_ino, st.st_mtime_ns)
+        if self.snap is None or stamp != self.stamp:
+            if self.snap is not None:
+                self.snap.close()
+            self.snap, self.stamp = Snapshot(self.path), stamp
+        return self.snap
+
+    def answer(self, request: dict[str, str]) -> str:
+        try:
+            snap = self.snapshot()
+        except (SnapshotError, OSError) as exc:
+            syslog.syslog(syslog.LOG_WARNING, f"policy: snapshot unavailable, answering DUNNO: {exc}")
+            self.snap = None
+            return DUNNO
+        try:
+            action, event = decide(request, snap.get_list, snap.may_post)
+        except SnapshotError as exc:
+            syslog.syslog(syslog.LOG_WARNING, f"policy: {exc}; answering DUNNO")
+            return DUNNO
+        if event is not None:
+            syslog.syslog(syslog.LOG_NOTICE, f"policy: reject: from=<{event.sender_email}>"
+                                             f" to=<{event.list_address}>: {event.error_message}")
+            self.record(snap, event)
+        return action
+
+    def record(self, snap: Snapshot, event: Event) -> None:
+        """Write the rejection as an event for the log store; never fail the answer over it."""
+        from pathlib import Path
+
+        try:
+            spool_dir = Path(snap.settings()["spool_dir"])
+            SP.ensure(spool_dir)
+            SP.write_event(spool_dir, event)
+        except Exception as exc:  # the refusal stands; only the record is lost
+            syslog.syslog(syslog.LOG_ERR, f"policy: cannot record rejection: {exc}")
+
+
+def serve(snapshot_path: str, stdin, stdout) -> None:
+    service = Service(snapshot_path)
+    lines: list[str] = []
+    for raw in stdin:
+        line = raw.rstrip("\r\n")
+        if line:
+            lines.append(line)
+            continue
+        if not lines:
+            continue  # stray empty line
+        try:
+            action = service.answer(parse_request(lines))
+        except Exception as exc:  # never kill the connection over one request
+            syslog.syslog(syslog.LOG_ERR, f"policy: {type(exc).__name__}: {exc}; answering DUNNO")
+            action = DUNNO
+        lines = []
+        stdout.write(f"action={action}\n\n")
+        stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if help_requested(argv):
+        return print_help(usage("listfilter-policy", OPTIONS, (), HELP))
+    syslog.openlog("listfilter", syslog.LOG_PID, syslog.LOG_MAIL)
+    try:
+        args = parse(argv, OPTIONS)
+    except Exception as exc:  # a wrong master.cf line: say so, and let Postfix log the failed service
+        print(f"4.3.5 {exc}", file=sys.stderr)
+        return 75
+    started = time.monotonic()
+    try:
+        serve(args["snapshot"], sys.stdin, sys.stdout)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    syslog.syslog(syslog.LOG_DEBUG, f"policy: connection closed after {time.monotonic() - started:.1f} s")
+    return 0

@@ -1,0 +1,158 @@
+"""Versioned schema migrations of the mail log store (SQLite or PostgreSQL).
+
+Each migration has a version number, a name and the statements for each
+backend. ``listfilter db upgrade`` applies the missing ones in order, each in
+its own transaction together with its row in ``listfilter_migrations``, so a
+migration is either wholly applied or not at all, and running the upgrade
+twice is harmless. ``listfilter check`` compares the recorded version with
+:data:`LATEST`.
+
+Version 1 is the course web app's ``mail_logs`` table as its seed schema has
+it (on PostgreSQL: the ``mail_log_status`` enum and a ``timestamp``
+column); it is written with IF NOT EXISTS so that a database that already
+holds the seed's table adopts it. Version 2 adds what listfilter records on
+top: the sender's name, the full recipient list, the queue id and the body.
+Version 3 adds the ``discarded`` status (loops and duplicates), the rule that
+decided and the SMTP client of a refusal at RCPT time.
+
+Never edit a released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..common.events import STATUSES
+
+#: The statuses of the seed's table (version 1); later ones come with their migration.
+SEED_STATUSES = ("delivered", "bounced", "rejected", "failed")
+
+#: The table that records which migrations a database has.
+TABLE = "listfilter_migrations"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sqlite: tuple[str, ...]
+    postgresql: tuple[str, ...]
+
+    def statements(self, dialect: str) -> tuple[str, ...]:
+        return self.sqlite if dialect == "sqlite" else self.postgresql
+
+
+_STATUS_LIST = ", ".join(f"'{s}'" for s in SEED_STATUSES)
+
+#: Columns of mail_logs at version 2, in order (version 3 copies them into the rebuilt SQLite table).
+_V2_COLUMNS = ("id, status, list_address, sender_email, subject, recipient_count, error_message, message_id,"
+               " created_at, sender_name, list_display_name, envelope_sender, recipients, queue_id, body,"
+               " body_truncated, updated_at")
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS mail_logs_created_at_idx ON mail_logs (created_at, id)",
+    "CREATE INDEX IF NOT EXISTS mail_logs_status_idx ON mail_logs (status, created_at)",
+    "CREATE INDEX IF NOT EXISTS mail_logs_list_idx ON mail_logs (list_address, created_at)",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1, "mail_logs (the seed's table)",
+        sqlite=(
+            f"""CREATE TABLE IF NOT EXISTS mail_logs (
+                id TEXT PRIMARY KEY,
+                status TEXT NOT NULL CHECK (status IN ({_STATUS_LIST})),
+                list_address TEXT NOT NULL,
+                sender_email TEXT,
+                subject TEXT,
+                recipient_count INTEGER NOT NULL DEFAULT 0,
+                error_message TEXT,
+                message_id TEXT,
+                created_at TEXT NOT NULL
+            )""",
+        ),
+        postgresql=(
+            f"""DO $$ BEGIN
+                CREATE TYPE mail_log_status AS ENUM ({_STATUS_LIST});
+            EXCEPTION WHEN duplicate_object THEN NULL;
+            END $$""",
+            # a seed database may have the type with fewer values
+            *(f"ALTER TYPE mail_log_status ADD VALUE IF NOT EXISTS '{s}'" for s in STATUSES),
+            """CREATE TABLE IF NOT EXISTS mail_logs (
+                id text PRIMARY KEY,
+                status mail_log_status NOT NULL,
+                list_address text NOT NULL,
+                sender_email text,
+                subject text,
+                recipient_count integer NOT NULL DEFAULT 0,
+                error_message text,
+                message_id text,
+                created_at timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')
+            )""",
+        ),
+    ),
+    Migration(
+        2, "sender name, recipients, queue id, body; indexes",
+        sqlite=(
+            "ALTER TABLE mail_logs ADD COLUMN sender_name TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE mail_logs ADD COLUMN list_display_name TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE mail_logs ADD COLUMN envelope_sender TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE mail_logs ADD COLUMN recipients TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE mail_logs ADD COLUMN queue_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE mail_logs ADD COLUMN body TEXT",
+            "ALTER TABLE mail_logs ADD COLUMN body_truncated INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE mail_logs ADD COLUMN updated_at TEXT",
+            *_INDEXES,
+        ),
+        postgresql=(
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS sender_name text NOT NULL DEFAULT ''",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS list_display_name text NOT NULL DEFAULT ''",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS envelope_sender text NOT NULL DEFAULT ''",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS recipients jsonb NOT NULL DEFAULT '[]'::jsonb",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS queue_id text NOT NULL DEFAULT ''",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS body text",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS body_truncated boolean NOT NULL DEFAULT false",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS updated_at timestamp",
+            *_INDEXES,
+        ),
+    ),
+    Migration(
+        3, "discarded status, the deciding rule, the SMTP client",
+        # SQLite cannot change a CHECK constraint: the table is rebuilt.
+        sqlite=(
+            f"""CREATE TABLE mail_logs_v3 (
+                id TEXT PRIMARY KEY,
+                status TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
+                list_address TEXT NOT NULL,
+                sender_email TEXT,
+                subject TEXT,
+                recipient_count INTEGER NOT NULL DEFAULT 0,
+                error_message TEXT,
+                message_id TEXT,
+                created_at TEXT NOT NULL,
+                sender_name TEXT NOT NULL DEFAULT '',
+                list_display_name TEXT NOT NULL DEFAULT '',
+                envelope_sender TEXT NOT NULL DEFAULT '',
+                recipients TEXT NOT NULL DEFAULT '[]',
+                queue_id TEXT NOT NULL DEFAULT '',
+                body TEXT,
+                body_truncated INTEGER NOT NULL DEFAULT 0,
+                updated_at TEXT,
+                rule TEXT NOT NULL DEFAULT '',
+                client_address TEXT NOT NULL DEFAULT ''
+            )""",
+            f"INSERT INTO mail_logs_v3 ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM mail_logs",
+            "DROP TABLE mail_logs",
+            "ALTER TABLE mail_logs_v3 RENAME TO mail_logs",
+            *_INDEXES,
+        ),
+        postgresql=(
+            "ALTER TYPE mail_log_status ADD VALUE IF NOT EXISTS 'discarded'",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS rule text NOT NULL DEFAULT ''",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS client_address text NOT NULL DEFAULT ''",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1)), "migration versions must be 1, 2, 3, …"

@@ -1,0 +1,121 @@
+"""Compiling config + roster into the snapshot's lists (sync side).
+
+:func:`compile_lists` works out every list on every domain with its members
+and posters; :func:`digest` says whether the result differs from what is
+installed. The snapshot's format (tables, columns, writing) belongs to
+:mod:`listfilter.common.snapshot`.
+
+The refusal notice is rendered here, with Jinja2, once per list: the
+per-message fields (poster, subject, date, reason) are left as markers that
+the mail side fills in, so ``deliver`` never loads a template engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from ..common.snapshot import NOTICE_FIELDS, SETTINGS, CompiledList, notice_marker, summary_line
+from . import membership as MB
+from . import roster as R
+
+NOTICE_TEMPLATE = "notice-refused.txt.j2"
+
+
+def compile_lists(config, rows) -> list[CompiledList]:
+    """Every list on every domain, computed from config and roster rows."""
+    with R.bulk():
+        return _compile(config, list(rows))
+
+
+def _compile(config, rows) -> list[CompiledList]:
+    grouped = MB.by_course(rows)
+    out = []
+    # Domains that serve the same course (a dev and a prod domain) share their
+    # members and posters: work each out once per course.
+    per_course: dict = {}
+    for dname, domain in sorted(config.domains.items()):
+        if domain.course not in per_course:
+            course = rows if domain.course is None else grouped.get(domain.course, [])
+            per_course[domain.course] = (MB.CourseIndex(course, config.roster), {})
+        index, computed = per_course[domain.course]
+        for lst in sorted(config.lists.values(), key=lambda l: l.local_part):
+            if dname not in lst.domains:
+                continue
+            if lst.name not in computed:
+                members = index.members(lst)
+                allowed = index.posters(lst, members)
+                # Member is an (email, name) named tuple: sorted by lower-cased address
+                computed[lst.name] = (tuple(m for _, m in sorted(members.items())), tuple(sorted(allowed)))
+            members_t, posters_t = computed[lst.name]
+            address = f"{lst.local_part}@{dname}"
+            rule = lst.posters.describe()
+            notice, undated = refusal_notices(address, lst.display_name, lst.description, rule)
+            out.append(CompiledList(
+                address=address,
+                name=lst.name,
+                local_part=lst.local_part,
+                domain=dname,
+                display_name=lst.display_name,
+                description=lst.description,
+                subject_tag=lst.subject_tag,
+                reply_to=config.reply_to_address(lst, dname),
+                owners=lst.owners,
+                posters_rule=rule,
+                exclude_poster=lst.exclude_poster,
+                notice=notice,
+                notice_undated=undated,
+                members=members_t,
+                posters=posters_t,
+            ))
+    return out
+
+
+def refusal_notices(address: str, display_name: str, description: str, posters_rule: str) -> tuple[str, str]:
+    """The refusal notice's text for one list, with and without the original's date."""
+    from ..common.addresses import owner_address
+    from .templating import render
+
+    context = dict(list_name=display_name, list_address=address, list_description=description,
+                   owner_address=owner_address(address), posters_description=posters_rule,
+                   **{f: notice_marker(f) for f in NOTICE_FIELDS})
+    return (render(NOTICE_TEMPLATE, **context),
+            render(NOTICE_TEMPLATE, **{**context, "original_date": ""}))
+
+
+def summary(lst: CompiledList) -> str:
+    return summary_line(lst.address, len(lst.members), len(lst.posters), lst.posters_rule)
+
+
+def site_settings(config) -> dict[str, str]:
+    """What the mail side needs from [site] (snapshot.SETTINGS), carried in the
+    snapshot's meta table so that `deliver` reads one file and never the config."""
+    site = config.site
+    values = {
+        "timezone": site.timezone,
+        "spool_dir": str(site.spool_dir),
+        "sendmail": site.sendmail,
+        "notice_limit": str(site.notice_limit),
+    }
+    assert tuple(values) == SETTINGS
+    return values
+
+
+def digest(lists: list[CompiledList], settings: dict[str, str], suppressed: dict[str, str] | None = None) -> str:
+    """A content hash: equal digests mean an identical snapshot.
+
+    The members and posters (nearly all of the bytes) are hashed as text
+    joined with lone surrogates, which no decoded roster, CSV or TOML string
+    can contain, so the encoding is unambiguous; the other fields as JSON.
+    """
+    from ..common.snapshot import FORMAT
+
+    h = hashlib.sha256(FORMAT.encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(json.dumps(sorted((suppressed or {}).items())).encode())
+    for lst in lists:
+        fields = {k: v for k, v in lst._asdict().items() if k not in ("members", "posters")}
+        h.update(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        h.update("\udcfd".join(["\udcfe".join(map("\udcff".join, lst.members)),
+                                 "\udcfe".join(lst.posters), ""]).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()

@@ -1,0 +1,171 @@
+"""Config validation: every error class names the file and the field, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from listfilter.sync import config as C
+
+from ..conftest import EXAMPLE
+
+MINIMAL = """
+[domains."lists.example.edu"]
+course = "CS 199"
+[lists.testing]
+members = { emails = ["someone@example.edu"] }
+posters = ["someone@example.edu"]
+"""
+
+
+def load_text(tmp_path, text: str) -> C.Config:
+    path = tmp_path / "lists.toml"
+    path.write_text(text)
+    return C.load(path)
+
+
+def test_example_config_is_valid():
+    config = C.load(EXAMPLE / "lists.toml")
+    assert set(config.lists) == {"testing", "students", "enrolled", "staff"}
+    assert set(config.domains) == {"lists.example.edu", "lists-dev.example.edu"}
+    students = config.lists["students"]
+    assert students.members_query.roles == ("applied", "student", "teacher", "ta")
+    assert students.posters.roles == ("instructor", "ta")
+    assert config.reply_to_address(students, "lists.example.edu") == "staff@lists.example.edu"
+    assert config.reply_to_address(students, "lists-dev.example.edu") == "staff@lists-dev.example.edu"
+    assert config.site.timezone == "America/Chicago"
+    # relative paths resolve against the config file's directory
+    assert config.site.state_dir == (EXAMPLE / "state").resolve()
+    assert config.roster.csv == (EXAMPLE / "roster.csv").resolve()
+
+
+def test_defaults(tmp_path):
+    config = load_text(tmp_path, "[site]\nowners = ['o@example.edu']\n" + MINIMAL)
+    lst = config.lists["testing"]
+    assert lst.local_part == "testing"
+    assert lst.display_name == "testing" and lst.subject_tag == "testing"
+    assert lst.exclude_poster is True
+    assert lst.owners == ("o@example.edu",)
+    assert config.site.state_dir.as_posix() == "/var/lib/listfilter"
+    assert config.site.snapshot_path.as_posix() == "/var/lib/listfilter/snapshot.sqlite"
+    assert config.site.sendmail == "/usr/sbin/sendmail"
+    assert config.postfix.map_type == "hash"
+    assert config.roster.source == "postgresql"
+    assert config.roster.current_semester == "current"
+
+
+def test_member_query_and_poster_forms(tmp_path):
+    config = load_text(tmp_path, """
+[site]
+owners = ["o@example.edu"]
+[domains."a.example.edu"]
+[lists.one]
+members = { active = false, semester = "2025-fall" }
+posters = "members"
+[lists.two]
+members = { roles = ["ta"], emails = ["X@Example.EDU"] }
+posters = { emails = ["p@example.edu"], members = true, roles = ["staff"] }
+""")
+    one, two = config.lists["one"], config.lists["two"]
+    assert one.members_query == C.MemberQuery(roles=None, active=False, semester="2025-fall")
+    assert one.posters == C.Posters(members=True)
+    assert two.member_emails == ("X@example.edu",)
+    assert two.posters == C.Posters(emails=("p@example.edu",), members=True, roles=("staff",))
+    assert two.posters.describe() == "course staff; list members; p@example.edu"
+
+
+ERRORS = [
+    # (config text, expected fragment of the message)
+    ("[site]\ntimezone = 'Mars/Olympus'\n" + MINIMAL, "site.timezone: unknown time zone 'Mars/Olympus'"),
+    ("[site]\ncolour = 'red'\n" + MINIMAL, "site.colour: unknown key"),
+    ("[sites]\n" + MINIMAL, "sites: unknown key"),
+    ("[site]\nnotice_limit = 'five'\n" + MINIMAL, "site.notice_limit: expected an integer, not a string"),
+    ("[postfix]\nmap_type = 'dbm'\n" + MINIMAL, "postfix.map_type: 'dbm' is not one of"),
+    ("[roster]\nsource = 'csv'\n" + MINIMAL, "roster.csv: required when source = \"csv\""),
+    ("[roster.role_aliases]\nboss = ['dean']\n" + MINIMAL, "roster.role_aliases.boss: unknown enrollment type 'dean'"),
+    ("[lists.x]\nmembers = { emails = ['a@example.edu'] }\nposters = []\n", "domains: at least one"),
+    ('[domains."not a domain"]\n' + MINIMAL.split("\n", 3)[3], "domains.not a domain: not a valid mail domain"),
+    (MINIMAL + "display_name = 3\n", "lists.testing.display_name: expected a string, not an integer"),
+    (MINIMAL + "colour = 'red'\n", "lists.testing.colour: unknown key"),
+    (MINIMAL + "exclude_poster = 'yes'\n", "lists.testing.exclude_poster: expected true or false, not a string"),
+    (MINIMAL.replace("someone@example.edu\"] }", "someone@\"] }"), "lists.testing.members.emails[0]: malformed address 'someone@'"),
+    (MINIMAL.replace('posters = ["someone@example.edu"]', 'posters = ["some one@example.edu"]'),
+     "lists.testing.posters[0]: malformed address 'some one@example.edu'"),
+    (MINIMAL.replace('posters = ["someone@example.edu"]', 'posters = { emails = ["nodomain"] }'),
+     "lists.testing.posters.emails[0]: malformed address 'nodomain'"),
+    (MINIMAL.replace('posters = ["someone@example.edu"]', 'posters = { roles = ["professor"] }'),
+     "lists.testing.posters.roles: unknown role 'professor'"),
+    (MINIMAL.replace('{ emails = ["someone@example.edu"] }', '{ roles = ["students"] }'),
+     "lists.testing.members.roles: unknown role 'students'"),
+    (MINIMAL.replace('posters = ["someone@example.edu"]', 'posters = "everyone"'),
+     "lists.testing.posters: expected \"members\", a list of addresses or a table, not 'everyone'"),
+    (MINIMAL.replace('posters = ["someone@example.edu"]', 'posters = { members = true, anyone = true }'),
+     "lists.testing.posters.anyone: unknown key"),
+    (MINIMAL.replace('posters = ["someone@example.edu"]\n', ''), "lists.testing.posters: required"),
+    (MINIMAL.replace('members = { emails = ["someone@example.edu"] }\n', ''), "lists.testing.members: required"),
+    (MINIMAL.replace('{ emails = ["someone@example.edu"] }', '{}'), "lists.testing.members: give a roster query"),
+    (MINIMAL + "owners = ['boss']\n", "lists.testing.owners[0]: malformed address 'boss'"),
+    (MINIMAL + "reply_to = 'nolist'\n", "lists.testing.reply_to: 'nolist' is neither an address nor a list name"),
+    (MINIMAL + "reply_to = 'a@b@c'\n", "lists.testing.reply_to: malformed address"),
+    (MINIMAL + "address = 'Test Ing'\n", "lists.testing.address: 'test ing' is not a valid local part"),
+    (MINIMAL + "address = 'testing-owner'\n", "lists.testing.address: may not end in -owner"),
+    (MINIMAL + "domains = ['other.example.edu']\n", "lists.testing.domains: 'other.example.edu' is not one of"),
+    (MINIMAL + "[lists.other]\naddress = 'Testing'\nmembers = { emails = ['a@example.edu'] }\nposters = []\n",
+     "lists.other.address: testing@lists.example.edu is already used by lists.testing"),
+    (MINIMAL + "[lists.testing-bounces]\nmembers = { emails = ['a@example.edu'] }\nposters = []\n",
+     "lists.testing-bounces.address: may not end in -bounces"),
+    (MINIMAL + "owners = ['o@example.edu']\n[lists.other]\nmembers = { emails = ['a@example.edu'] }\nposters = []\n",
+     "lists.other.owners: no owners"),
+]
+
+
+@pytest.mark.parametrize("text,expected", ERRORS, ids=[e[1].split(":")[0] + f"-{i}" for i, e in enumerate(ERRORS)])
+def test_errors_name_the_field(tmp_path, text, expected):
+    if "owners" not in text and "[site]" not in text:
+        text = "[site]\nowners = ['o@example.edu']\n" + text
+    elif "[site]" in text and "owners" not in text.split("[site]", 1)[1].split("[", 1)[0]:
+        text = text.replace("[site]\n", "[site]\nowners = ['o@example.edu']\n", 1)
+    with pytest.raises(C.ConfigError) as info:
+        load_text(tmp_path, text)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / "lists.toml") + ": "), message
+    assert expected in message
+
+
+def test_toml_syntax_error_names_file_line_and_column(tmp_path):
+    with pytest.raises(C.ConfigError) as info:
+        load_text(tmp_path, "[site]\ntimezone = \n")
+    assert str(info.value).startswith(f"{tmp_path / 'lists.toml'}:2:12: TOML syntax error: ")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(C.ConfigError, match="config file not found"):
+        C.load(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("command", [["check", "--offline"], ["sync"], ["lists"], ["maps"], ["postfix-config"]])
+def test_cli_bad_config_exits_2_with_one_line(tmp_path, command):
+    path = tmp_path / "lists.toml"
+    path.write_text(MINIMAL + "posters_typo = 1\n")
+    proc = subprocess.run([sys.executable, "-m", "listfilter", "--config", str(path), *command],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc
+    lines = [l for l in proc.stdout.splitlines() + proc.stderr.splitlines() if l.strip()]
+    assert any("lists.testing.posters_typo: unknown key" in l for l in lines), lines
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 1
+
+
+def test_config_from_environment(tmp_path):
+    path = tmp_path / "lists.toml"
+    path.write_text("[site]\nowners = ['o@example.edu']\n" + MINIMAL)
+    proc = subprocess.run([sys.executable, "-m", "listfilter", "check", "--offline", "--json"],
+                          capture_output=True, text=True, env={**__import__("os").environ, "LISTFILTER_CONFIG": str(path)})
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True
+    assert report["checks"][0]["detail"].startswith(str(path))
