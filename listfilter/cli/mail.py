@@ -3,14 +3,15 @@
 Postfix runs the console scripts ``listfilter-deliver``, ``listfilter-bounce``
 and ``listfilter-policy`` directly, with the snapshot's path on their fixed
 command line, so no TOML is parsed and no click is loaded per message. These
-forward to the same code, giving ``--snapshot`` from the config when it is
-not on the command line: ``listfilter deliver --dry-run --sender … --recipient …
-< message`` shows each rule's verdict.
+commands run the same programs (as their own process: the CLI never imports
+the mail side), giving ``--snapshot`` from the config when the command line
+has none: ``listfilter deliver --dry-run --sender … --recipient … < message``
+shows each rule's verdict.
 """
 
 from __future__ import annotations
 
-import importlib
+import subprocess
 import sys
 
 import click
@@ -30,7 +31,11 @@ def _forward(name: str, module: str, summary: str):
         args = list(ctx.args)
         if "--help" not in args and not any(a == "--snapshot" or a.startswith("--snapshot=") for a in args):
             args = ["--snapshot", str(load_config(ctx).site.snapshot_path), *args]
-        sys.exit(importlib.import_module(module).main(args))
+        data = b"" if "--help" in args else click.get_binary_stream("stdin").read()
+        proc = subprocess.run([sys.executable, "-m", module, *args], input=data, capture_output=True)
+        click.get_binary_stream("stdout").write(proc.stdout)
+        click.get_binary_stream("stderr").write(proc.stderr)
+        ctx.exit(proc.returncode)
 
     command.__doc__ = f"{summary} `listfilter {name} --help` lists its options (those of listfilter-{name})."
     return cli.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,

@@ -119,3 +119,7 @@ def handle(args: dict, raw: bytes) -> str:
                           temporary=tuple(sorted(temporary)), queue_id=args["queue_id"] or "")
     path = SP.write_bounce(spool, record)
     return f"{where}: permanent failure of {', '.join(sorted(permanent))} recorded as {path.name}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -134,9 +134,13 @@ class Job:
             for name, verdict in trail:
                 sys.stdout.write(f"rule {name}: {verdict.action + ': ' + verdict.reason if verdict else 'pass'}\n")
         if decision.action == R.DISCARD:
-            if decision.rule == "loop":
-                # its own record: the echo must not overwrite the first delivery's
-                self.event = self.event._replace(id=stable_id(f"{self.event.message_id} (loop)", self.row.address))
+            if decision.rule == "duplicate":
+                # the delivery's own record stands; a second one would replace it
+                if self.dry:
+                    return self._dry(f"discarded: {decision.reason}", [], None)
+                return f"{decision.rule}: {decision.reason} (rule {decision.rule})"
+            # a loop's echo gets a record of its own, beside the first delivery's
+            self.event = self.event._replace(id=stable_id(f"{self.event.message_id} (loop)", self.row.address))
             return self._record("discarded", decision, f"{decision.rule}: {decision.reason}")
         if decision.action == R.REFUSE:
             return self._refuse(decision, from_addr)
@@ -277,3 +281,7 @@ class Job:
                 sys.stdout.buffer.write(b"\n")
         out.flush()
         return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

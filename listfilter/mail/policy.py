@@ -167,3 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     syslog.syslog(syslog.LOG_DEBUG, f"policy: connection closed after {time.monotonic() - started:.1f} s")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,7 +23,7 @@ def test_non_editable_install_renders_maps(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{sysconfig.get_paths()['purelib']}"}
     proc = subprocess.run(
         [sys.executable, "-c", "import listfilter, sys; print(listfilter.__file__); "
-         "from listfilter.launcher import main; main(sys.argv[1:])",
+         "from listfilter.cli import main; main(sys.argv[1:])",
          "--config", str(EXAMPLE / "lists.toml"), "maps"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
