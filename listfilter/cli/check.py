@@ -26,7 +26,7 @@ from . import cli, load_config
 def check(ctx, offline, as_json):
     """Check the config, the roster, the snapshot and the maps.
 
-    Exit status: 0 all good, 1 a problem found, 2 the config is invalid.
+    Exit status: 0 all good, 1 a problem found, 78 the config is invalid.
     """
     results: list[tuple[str, bool, str]] = []
     try:

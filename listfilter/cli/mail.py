@@ -31,10 +31,10 @@ def _forward(name: str, module: str, summary: str):
         args = list(ctx.args)
         if "--help" not in args and not any(a == "--snapshot" or a.startswith("--snapshot=") for a in args):
             args = ["--snapshot", str(load_config(ctx).site.snapshot_path), *args]
-        data = b"" if "--help" in args else click.get_binary_stream("stdin").read()
+        data = b"" if "--help" in args else sys.stdin.buffer.read()
         proc = subprocess.run([sys.executable, "-m", module, *args], input=data, capture_output=True)
-        click.get_binary_stream("stdout").write(proc.stdout)
-        click.get_binary_stream("stderr").write(proc.stderr)
+        sys.stdout.buffer.write(proc.stdout)
+        sys.stderr.buffer.write(proc.stderr)
         ctx.exit(proc.returncode)
 
     command.__doc__ = f"{summary} `listfilter {name} --help` lists its options (those of listfilter-{name})."
