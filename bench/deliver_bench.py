@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Benchmark of the mail side: one `listfilter deliver` process per post.
+"""Benchmark of the mail side: one `listfilter-deliver` process per post.
 
-Prints, from one run, the median wall time and peak RSS of `listfilter
-deliver` for a 500-member and a 10,000-member list (sendmail replaced by a
+Prints, from one run, the median wall time and peak RSS of
+`listfilter-deliver` for a 500-member and a 10,000-member list (sendmail replaced by a
 stub that reads its input), next to `python3 -c pass` measured in the same
 run, and the ratios against the goals (≤ 4× for 500 members; ≤ 10× and
 ≤ 40 MB peak RSS for 10,000).
@@ -97,9 +97,12 @@ def install(work: Path) -> Path:
     # the mail side needs no third-party package: install the wheel alone
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                     "--target", site, *map(str, wheels.glob("*.whl"))], check=True)
-    script = venv / "bin" / "listfilter"
-    script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom listfilter.launcher import main\n"
-                      "sys.exit(main())\n")
+    # the console script as pip writes it for [project.scripts]
+    script = venv / "bin" / "listfilter-deliver"
+    script.write_text(f"#!{venv / 'bin' / 'python'}\nimport re\nimport sys\nfrom listfilter.mail.deliver import main\n"
+                      "if __name__ == '__main__':\n"
+                      "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+                      "    sys.exit(main())\n")
     script.chmod(0o755)
     return venv / "bin"
 
@@ -109,12 +112,13 @@ def benchmark(runs: int = 21) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = setup(Path(tmp))
         bindir = install(Path(tmp))
-        python, listfilter = bindir / "python", bindir / "listfilter"
+        python, deliver = bindir / "python", bindir / "listfilter-deliver"
+        snapshot = config.parent / "state" / "snapshot.sqlite"
         samples: dict[str, list[tuple[float, float]]] = {"python3 -c pass": []}
         # the floor: what the mail side must import whatever it does (see docs/performance.md)
         floors = {"import email.parser+policy": "import email.parser, email.policy",
                   "+ the rest of its stdlib": "import email.parser, email.policy, datetime, zoneinfo, sqlite3,"
-                                              " json, pathlib, tomllib, hashlib, subprocess, syslog"}
+                                              " json, pathlib, hashlib, subprocess, syslog"}
         for name in floors:
             samples[name] = []
         for n in SIZES:
@@ -128,7 +132,7 @@ def benchmark(runs: int = 21) -> dict:
                 post = (f"From: Pat Prof <prof@example.edu>\nSubject: bench {i}\n"
                         f"Message-ID: <bench-{n}-{i}-{time.time_ns()}@example.edu>\n\nHello\n").encode()
                 samples[f"deliver {n}"].append(measure(
-                    [str(listfilter), "--config", str(config), "deliver", "--sender", "prof@example.edu",
+                    [str(deliver), "--snapshot", str(snapshot), "--sender", "prof@example.edu",
                      "--recipient", f"{name}@bench.example.edu", "--queue-id", "BENCH"], post))
     base = statistics.median(w for w, _ in samples["python3 -c pass"])
     rows = []

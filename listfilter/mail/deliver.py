@@ -258,12 +258,15 @@ class Job:
         raw = self.body[:BODY_CAP]
         try:
             if self.headers.get_content_maintype() == "text":
-                import copy
+                from email.message import Message
 
-                part = copy.copy(self.headers)  # the parsed headers, with the body as their payload
+                # what email's text content manager does, without importing it per message
+                part = Message()
+                part["Content-Transfer-Encoding"] = str(self.headers.get("Content-Transfer-Encoding", "7bit"))
                 part.set_payload(raw.decode("ascii", "surrogateescape"))
-                return part.get_content()
-        except Exception:  # an undecodable body is logged as it came
+                return part.get_payload(decode=True).decode(self.headers.get_content_charset() or "us-ascii",
+                                                            "replace")
+        except Exception:  # an unknown charset or an undecodable body is logged as it came
             pass
         return raw.decode("utf-8", "replace")
 
