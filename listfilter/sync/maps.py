@@ -19,7 +19,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ..common.addresses import bounces_address, service_addresses
+from ..common.addresses import bounces_address, owner_address, service_addresses
 from ..common.atomic import fsync_dir, replacing
 from ..common.errors import ListfilterError
 from .config import Config
@@ -52,6 +52,7 @@ def _context(config: Config, lists) -> dict:
                 "local_part": l.local_part,
                 "domain": l.domain,
                 "owners": l.owners,
+                "owner_address": owner_address(l.address),
                 "addresses": service_addresses(l.local_part, l.domain),
                 "routes": [(addr, bounce_transport(config) if addr == bounces_address(l.address)
                             else config.site.transport)

@@ -1,58 +1,39 @@
-"""Bounce handling: scoring rules, classification over sample bounces, and the command."""
+"""listfilter.mail.bounce: classifying real bounces, and the one record each bounce leaves in the spool.
+
+Scoring the records (a point per address per day, suppression) is sync's
+job, tested with listfilter.store.bounces.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import email
-import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
 
+from listfilter.common import spool as SP
+from listfilter.common.events import bounce_from_json, valid_id
 from listfilter.mail import bounce as B
 
-from ..conftest import REPO
-from ..mail.test_deliver import Env
+from . import STUDENTS, compiled_list, write_snapshot
+from .test_deliver import fake_sendmail
 
-SAMPLES = Path(__file__).parent / "data" / "bounces"
-D = dt.date(2026, 11, 2)
-
-
-def days(*offsets: int) -> list[dt.date]:
-    return [D + dt.timedelta(days=o) for o in offsets]
-
-
-SCORING = [
-    # bounce days (offsets), expected score, suppressed
-    ([0], 1, False),
-    ([0, 0, 0], 1, False),  # at most one point per day
-    ([0, 1, 2, 3], 4, False),
-    ([0, 1, 2, 3, 4], 5, True),  # the threshold
-    ([0, 2, 4, 6, 8], 5, True),  # gaps of up to 7 days keep the run
-    ([0, 1, 2, 3, 11], 1, False),  # last bounce more than 7 days old: start again
-    ([0, 1, 2, 3, 11, 12, 13, 14, 15], 5, True),
-    ([5, 3], 1, False),  # an older bounce arriving late does not count
-]
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "bounces"
+BOUNCE = Path(sys.executable).with_name("listfilter-bounce")
+MEMBERS = {"alice@example.edu", "bob@example.edu", "erin@example.edu", "ta1@example.edu"}
+#: 04:30 UTC on 2 November is still 1 November in Chicago, the site's timezone.
+ARRIVED = dt.datetime(2026, 11, 2, 4, 30, tzinfo=dt.timezone.utc)
 
 
-@pytest.mark.parametrize("offsets,expected,suppressed", SCORING)
-def test_scoring(offsets, expected, suppressed):
-    state, newly_seen = None, []
-    for day in days(*offsets):
-        state, newly = B.score(state, day)
-        newly_seen.append(newly)
-    assert state["score"] == expected
-    assert state["suppressed"] is suppressed
-    assert newly_seen.count(True) == (1 if suppressed else 0)  # owners are told once
+def sample(name: str) -> bytes:
+    return (SAMPLES / f"{name}.eml").read_bytes()
 
 
-def test_suppressed_stays_suppressed_and_notifies_once():
-    state = None
-    for day in days(0, 1, 2, 3, 4, 5, 6):
-        state, newly = B.score(state, day)
-    assert state["score"] == 7 and state["suppressed"] and not newly
+# ---------------------------------------------------------------- classification, over real samples
 
 
 CLASSIFY = [
@@ -68,15 +49,14 @@ CLASSIFY = [
 ]
 
 
-@pytest.mark.parametrize("sample,member,expected", CLASSIFY)
-def test_classify_samples(sample, member, expected):
-    message = email.message_from_bytes((SAMPLES / f"{sample}.eml").read_bytes())
-    members = {"alice@example.edu", "bob@example.edu", "erin@example.edu", "ta1@example.edu"}
-    assert B.classify(message, member, members) == expected
+@pytest.mark.parametrize("name,member,expected", CLASSIFY)
+def test_classify_samples(name, member, expected):
+    message = email.message_from_bytes(sample(name))
+    assert B.classify(message, member, MEMBERS) == expected
 
 
 def test_non_member_addresses_do_not_count_without_verp():
-    message = email.message_from_bytes((SAMPLES / "exim-550.eml").read_bytes())
+    message = email.message_from_bytes(sample("exim-550"))
     assert B.classify(message, None, {"alice@example.edu"}) == (set(), set())
 
 
@@ -87,78 +67,123 @@ def test_flufl_errors_are_caught(monkeypatch):
         raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")
 
     monkeypatch.setattr(flufl.bounce, "all_failures", explode)
+    monkeypatch.setattr(B.syslog, "syslog", lambda *a: None)
     assert B.classify(email.message_from_string("Subject: x\n\nhi\n"), "a@example.edu", set()) == (set(), set())
 
 
-# ---------------------------------------------------------------- the command
-
-
-def run_bounce(env: Env, sample: str, recipient: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "listfilter", "--config", str(env.config), "bounce", "--recipient", recipient,
-         "--queue-id", "B0UNCE"], input=(SAMPLES / f"{sample}.eml").read_bytes(), capture_output=True, timeout=60)
+# ---------------------------------------------------------------- handle(): one record per bounce
 
 
 @pytest.fixture
-def env(tmp_path):
-    return Env(tmp_path)
+def site(tmp_path, monkeypatch):
+    """A snapshot of students@ with four members, a spool, the fake sendmail, and a fixed clock."""
+    sendmail, calls = fake_sendmail(tmp_path)
+    spool = tmp_path / "spool"
+    snapshot = write_snapshot(tmp_path / "snapshot.sqlite", [compiled_list(members=sorted(MEMBERS))],
+                              spool=spool, sendmail=str(sendmail))
+
+    class Clock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return ARRIVED.astimezone(tz) if tz else ARRIVED
+
+    monkeypatch.setattr(B, "dt", types.SimpleNamespace(datetime=Clock))
+    return types.SimpleNamespace(snapshot=snapshot, spool=spool, calls=calls)
 
 
-def test_bounce_command_scores_and_suppresses(env):
-    verp = "students-bounces+alice=example.edu@lists.example.edu"
-    for i in range(5):
-        proc = run_bounce(env, "postfix-550", verp)
-        assert proc.returncode == 0, proc.stderr
-        state = json.loads((env.spool / "bounces" / "alice@example.edu").read_text())
-        assert state["score"] == i + 1
-        if i < 4:  # simulate the clock: the last bounce was yesterday
-            state["last_bounce"] = (dt.date.fromisoformat(state["last_bounce"]) - dt.timedelta(days=1)).isoformat()
-            (env.spool / "bounces" / "alice@example.edu").write_text(json.dumps(state))
-    assert (env.spool / "suppressed" / "alice@example.edu").exists()
-    # the owners got exactly one notice, from a null sender; nothing went to the bouncing member
-    [(argv, notice)] = env.sent()
-    assert argv == ["-G", "-i", "-f", "<>", "--", "instructor@example.edu"]
-    parsed = email.message_from_bytes(notice)
-    assert parsed["Subject"] == "alice@example.edu no longer receives CS 199 Students mail (bouncing)"
-    assert "listfilter bounces clear alice@example.edu" in parsed.get_payload(decode=True).decode()
-    # deliver now skips alice on every list
-    post = b"From: instructor@example.edu\nSubject: next\nMessage-ID: <after@example.edu>\n\nhi\n"
-    assert env.deliver(post).returncode == 0
-    argv, _ = env.sent()[-1]
-    assert "alice@example.edu" not in argv and "bob@example.edu" in argv
-    # the CLI shows and clears it
-    listfilter = [sys.executable, "-m", "listfilter", "--config", str(env.config)]
-    shown = json.loads(subprocess.run(listfilter + ["bounces", "--json"], capture_output=True, text=True).stdout)
-    assert shown["suppressed"] == ["alice@example.edu"]
-    assert shown["scores"][0]["score"] == 5
-    cleared = subprocess.run(listfilter + ["bounces", "clear", "Alice@example.edu"], capture_output=True, text=True)
-    assert cleared.returncode == 0 and "suppression lifted" in cleared.stdout
-    assert not (env.spool / "suppressed" / "alice@example.edu").exists()
-    assert env.deliver(post.replace(b"after@", b"after2@")).returncode == 0
-    assert "alice@example.edu" in env.sent()[-1][0]
+def handle(site, name: str, recipient: str) -> str:
+    return B.handle({"snapshot": str(site.snapshot), "recipient": recipient, "queue_id": "B0UNCE"}, sample(name))
 
 
-@pytest.mark.parametrize("sample,recipient", [
-    ("postfix-delayed", "students-bounces+bob=example.edu@lists.example.edu"),
-    ("vacation", "students-bounces+erin=example.edu@lists.example.edu"),
-    ("garbage", "students-bounces@lists.example.edu"),
+def records(site) -> list:
+    return [bounce_from_json(p.read_bytes()) for p in SP.pending_bounces(site.spool)]
+
+
+def test_a_verp_bounce_records_the_member(site):
+    line = handle(site, "postfix-550", "students-bounces+alice=example.edu@lists.example.edu")
+    [record] = records(site)
+    assert valid_id(record.id)
+    assert record._replace(id="", received_at="") == B.BounceRecord(
+        id="", list_address=STUDENTS, received_at="", day="2026-11-01",  # the site's day, not UTC's
+        member="alice@example.edu", permanent=("alice@example.edu",), temporary=(), queue_id="B0UNCE")
+    assert dt.datetime.fromisoformat(record.received_at).tzinfo is not None
+    assert line == (f"bounce for {STUDENTS} from alice@example.edu: permanent failure of alice@example.edu"
+                    f" recorded as {record.id}.json")
+
+
+def test_the_verp_member_is_lower_cased(site):
+    handle(site, "exim-550", "students-bounces+TA1=Example.EDU@lists.example.edu")
+    [record] = records(site)
+    assert record.member == "ta1@example.edu" and record.permanent == ("ta1@example.edu",)
+
+
+def test_a_bounce_without_verp_records_the_members_it_names(site):
+    handle(site, "exim-550", "students-bounces@lists.example.edu")
+    [record] = records(site)
+    assert record.member == "" and record.permanent == ("ta1@example.edu",) and record.temporary == ()
+
+
+def test_every_bounce_is_its_own_record(site):
+    # counting them (once per address per day) is sync's job; the mail side never reads a record back
+    for _ in range(3):
+        handle(site, "postfix-550", "students-bounces+alice=example.edu@lists.example.edu")
+    assert len({r.id for r in records(site)}) == 3
+    assert {r.day for r in records(site)} == {"2026-11-01"}
+
+
+@pytest.mark.parametrize("name,recipient,what", [
+    ("postfix-delayed", "students-bounces+bob=example.edu@lists.example.edu", "temporary failure; not counted"),
+    ("vacation", "students-bounces+erin=example.edu@lists.example.edu",
+     "no failure found (auto-reply or unreadable); not counted"),
+    ("garbage", "students-bounces@lists.example.edu", "no failure found (auto-reply or unreadable); not counted"),
 ])
-def test_temporary_vacation_and_garbage_never_count(env, sample, recipient):
-    for _ in range(6):
-        proc = run_bounce(env, sample, recipient)
-        assert proc.returncode == 0, proc.stderr
-    assert not (env.spool / "bounces").exists() or not any((env.spool / "bounces").iterdir())
-    assert env.sent() == []  # nothing is ever sent in reply to a bounce
+def test_temporary_vacation_and_garbage_leave_no_record(site, name, recipient, what):
+    line = handle(site, name, recipient)
+    assert line.endswith(f": {what}") and line.startswith(f"bounce for {STUDENTS}")
+    assert records(site) == []
 
 
-def test_bounce_state_not_writable_defers(env):
-    env.spool.mkdir(parents=True, exist_ok=True)
-    (env.spool / "events").write_text("not a directory")  # spool.ensure fails, as for an unwritable spool
-    proc = run_bounce(env, "postfix-550", "students-bounces+alice=example.edu@lists.example.edu")
-    assert proc.returncode == 75 and b"spool" in proc.stderr
+@pytest.mark.parametrize("recipient,line", [
+    ("nolist-bounces+alice=example.edu@lists.example.edu",
+     "bounce for nolist-bounces+alice=example.edu@lists.example.edu ignored: no list nolist@lists.example.edu"),
+    ("nonsense", "bounce for 'nonsense' ignored: not an address"),
+])
+def test_a_bounce_for_no_list_is_ignored(site, recipient, line):
+    assert handle(site, "postfix-550", recipient) == line
+    assert not site.spool.exists()  # not even the spool is touched
 
 
-def test_bounce_for_unknown_list_is_dropped(env):
-    proc = run_bounce(env, "postfix-550", "nolist-bounces+alice=example.edu@lists.example.edu")
-    assert proc.returncode == 0
-    assert env.sent() == []
+# ---------------------------------------------------------------- the command, as Postfix runs it
+
+
+def run_bounce(site, name: str, recipient: str, snapshot: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BOUNCE), "--snapshot", str(snapshot or site.snapshot), "--recipient", recipient,
+                           "--queue-id", "B0UNCE"], input=sample(name), capture_output=True, timeout=60)
+
+
+def test_the_command_records_and_exits_0(site):
+    proc = run_bounce(site, "postfix-550", "students-bounces+alice=example.edu@lists.example.edu")
+    assert proc.returncode == 0 and proc.stderr == b"" and proc.stdout == b""
+    [record] = records(site)
+    assert record.member == "alice@example.edu"
+    assert list(site.calls.iterdir()) == []  # nothing is ever sent in reply to a bounce
+
+
+def test_the_command_ignores_an_unknown_list_with_exit_0(site):
+    proc = run_bounce(site, "postfix-550", "nolist-bounces+alice=example.edu@lists.example.edu")
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert list(site.calls.iterdir()) == []
+
+
+def test_an_unusable_spool_defers(site):
+    site.spool.mkdir()
+    (site.spool / "events").write_text("not a directory")  # spool.ensure fails, as for an unwritable spool
+    proc = run_bounce(site, "postfix-550", "students-bounces+alice=example.edu@lists.example.edu")
+    assert proc.returncode == 75
+    assert proc.stderr.startswith(b"4.3.0 spool ") and proc.stderr.endswith(b"; will retry\n")
+
+
+def test_a_missing_snapshot_defers(site, tmp_path):
+    proc = run_bounce(site, "postfix-550", "students-bounces@lists.example.edu", snapshot=tmp_path / "none.sqlite")
+    assert proc.returncode == 75
+    assert proc.stderr.decode().startswith(f"4.3.0 snapshot {tmp_path / 'none.sqlite'} is missing")

@@ -1,36 +1,29 @@
-"""listfilter.notices: when a refusal notice may go out, and what it looks like."""
+"""listfilter.mail.notices: when a refusal notice may go out, and what it looks like.
+
+The notice's text comes pre-rendered in the list's snapshot row (sync renders
+templates/notice-refused.txt.j2 once per list); the rows here are built with
+sync's own :func:`listfilter.sync.compiler.refusal_notices`.
+"""
 
 from __future__ import annotations
 
 import datetime
-import subprocess
-import sys
 from email import policy
 from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from listfilter.mail.notices import (
-    NOTICE_TEMPLATE,
-    build_refusal_notice,
-    notice_suppressed,
-    notices_allowed,
-)
-from listfilter.mail.message import ListInfo, parse_headers, split_message
+from listfilter.common.snapshot import notice_marker
+from listfilter.mail.message import parse_headers, split_message
+from listfilter.mail.notices import build_refusal_notice, notice_suppressed
 
-REPO = Path(__file__).resolve().parent.parent
+from . import list_row
+
 NOW = datetime.datetime(2026, 1, 22, 9, 30, tzinfo=ZoneInfo("America/Chicago"))
-LIST = ListInfo(
-    address="students@lists.example.edu",
-    display_name="CS 199 Students",
-    subject_tag="CS 199 Students",
-    reply_to=None,
-    description="Everyone in CS 199: applied, enrolled and staff",
-)
 POSTERS = "course instructor, ta"
+LIST = list_row(description="Everyone in CS 199: applied, enrolled and staff", posters_rule=POSTERS)
 REASON = "only course instructors and TAs may post to this list"
 
 
@@ -117,13 +110,6 @@ def test_suppression_order_null_sender_first():
     assert notice_suppressed("bob@example.edu", h) == "auto-submitted"
 
 
-@pytest.mark.parametrize("sent,limit,expected", [
-    (0, 20, True), (19, 20, True), (20, 20, False), (25, 20, False), (0, 0, False), (0, -1, False),
-])
-def test_notices_allowed(sent, limit, expected):
-    assert notices_allowed(sent, limit) is expected
-
-
 # --------------------------------------------------------------------------
 # The notice
 
@@ -138,10 +124,10 @@ ORIGINAL = (
 )
 
 
-def build(original: bytes = ORIGINAL, sender: str = "bob@example.edu", lst: ListInfo = LIST):
-    raw = build_refusal_notice(original_headers=original, lst=lst, poster="Bob Brown <bob@example.edu>",
-                               envelope_sender=sender, reason=REASON, posters_description=POSTERS,
-                               now=NOW)
+def build(original: bytes = ORIGINAL, sender: str = "bob@example.edu", lst=LIST,
+          poster: str = "Bob Brown <bob@example.edu>", reason: str = REASON):
+    raw = build_refusal_notice(original_headers=original, lst=lst, poster=poster, envelope_sender=sender,
+                               reason=reason, now=NOW)
     return raw, BytesParser(policy=policy.default).parsebytes(raw)
 
 
@@ -233,7 +219,7 @@ def test_notice_to_is_the_envelope_sender(sender, expected):
 
 
 def test_notice_for_list_with_awkward_display_name():
-    lst = ListInfo("club@lists.example.edu", 'Schach-Club "Königin", Uni', "Schach", None, "")
+    lst = list_row("club@lists.example.edu", display_name='Schach-Club "Königin", Uni', subject_tag="Schach")
     _, n = build(lst=lst)
     (frm,) = n["From"].addresses
     assert frm.display_name == 'Schach-Club "Königin", Uni (list owner)'
@@ -243,26 +229,29 @@ def test_notice_for_list_with_awkward_display_name():
     assert "About this list" not in text  # empty description
 
 
-# --------------------------------------------------------------------------
-# Templates and import hygiene
+def test_notice_text_is_the_rows_with_the_fields_filled_in():
+    _, n = build()
+    text = list(n.iter_parts())[0].get_content()
+    assert text == (LIST.notice.replace(notice_marker("poster"), "Bob Brown <bob@example.edu>")
+                    .replace(notice_marker("original_subject"), "Frage zur Übung")
+                    .replace(notice_marker("original_date"), "Wed, 21 Jan 2026 10:00:00 -0600")
+                    .replace(notice_marker("reason"), REASON))
+    assert "\ufdd0" not in text and "\ufdd1" not in text
 
 
-def test_template_dir_is_the_checkout():
-    from listfilter.sync.templating import template_dir
+def test_a_field_that_looks_like_a_marker_is_not_filled_in():
+    # the poster's own text is filled in once: a marker inside it stays as it came
+    poster = f"Eve {notice_marker('reason')} <eve@example.org>"
+    _, n = build(poster=poster, sender="eve@example.org")
+    text = list(n.iter_parts())[0].get_content()
+    assert f"From:    {poster}\n" in text
+    assert text.count(REASON) == 1
 
-    d = template_dir()
-    assert d == REPO / "templates"
-    assert (d / NOTICE_TEMPLATE).is_file()
 
-
-def test_mail_path_imports_only_the_standard_library():
-    code = (
-        "import sys\n"
-        "before = set(sys.modules)\n"
-        "import listfilter.rewrite, listfilter.notices\n"
-        "new = {m.split('.')[0] for m in set(sys.modules) - before}\n"
-        "print(','.join(sorted(new - set(sys.stdlib_module_names))))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, check=True)
-    assert result.stdout.strip() == "listfilter"
+def test_the_undated_text_when_the_original_has_no_date():
+    original = b"From: Bob <bob@example.edu>\nSubject: hi\n"
+    lst = LIST._replace(notice="DATED " + notice_marker("original_date"), notice_undated="UNDATED")
+    _, n = build(original, lst=lst)
+    assert list(n.iter_parts())[0].get_content().strip() == "UNDATED"
+    _, n = build(lst=lst)
+    assert list(n.iter_parts())[0].get_content().strip() == "DATED Wed, 21 Jan 2026 10:00:00 -0600"
