@@ -148,7 +148,7 @@ class Job:
 
     def _send(self, progress: SP.Delivery, from_addr: str | None, decision) -> str:
         from .headers import rewrite_headers
-        from .sendmail import submit
+        from ..common.sendmail import submit
 
         recipients = R.recipients([e for e, _ in self.snap.members(self.row.address)], poster=from_addr,
                                   exclude_poster=self.row.exclude_poster, list_address=self.row.address,
@@ -177,7 +177,7 @@ class Job:
 
     def _refuse(self, decision, from_addr: str | None) -> str:
         from .notices import build_refusal_notice, notice_suppressed
-        from .sendmail import SendError, submit
+        from ..common.sendmail import SendError, submit
 
         why_not = notice_suppressed(self.sender, self.headers)
         now = dt.datetime.now(self._tz())
@@ -208,7 +208,7 @@ class Job:
 
     def to_owners(self, kind: str) -> str:
         """Mail to -owner or -request goes to the list's owners, unchanged."""
-        from .sendmail import SendError, submit
+        from ..common.sendmail import SendError, submit
 
         owners = list(self.row.owners)
         if self.dry:

@@ -1,10 +1,11 @@
-"""Handing mail back to Postfix with its sendmail(1) command (standard library only)."""
+"""Handing mail to Postfix with its sendmail(1) command: the posts and notices of the mail
+side, the owner notices of sync. Standard library only."""
 
 from __future__ import annotations
 
 import subprocess
 
-from ..common.errors import Defer
+from .errors import Defer
 
 
 class SendError(Defer):
