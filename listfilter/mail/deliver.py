@@ -100,13 +100,14 @@ class Job:
         from_name, from_addr = self._from()
         message_id = (header_text(self.headers, "Message-ID") or "").strip()
         message_key = message_id or f"queue:{self.queue_id}"
+        self.new_message_id = not message_id
         if not message_id:
             # Postfix's sendmail does not tell us the queue id it assigns, so the
-            # Message-ID is what traces the reinjected copy (cleanup logs it).
+            # Message-ID is what traces the reinjected copy (cleanup logs it):
+            # a post without one gets its own (set when it is sent).
             from email.utils import make_msgid
 
             message_id = make_msgid(domain=self.row.domain)
-            self.headers["Message-ID"] = message_id
         self.event = Event(
             id=stable_id(message_key, self.row.address), status="", list_address=self.row.address, created_at="",
             list_display_name=self.row.display_name, sender_email=from_addr or self.sender,
@@ -153,6 +154,8 @@ class Job:
         recipients = R.recipients([e for e, _ in self.snap.members(self.row.address)], poster=from_addr,
                                   exclude_poster=self.row.exclude_poster, list_address=self.row.address,
                                   suppressed=self.snap.suppressed())
+        if self.new_message_id:
+            self.headers["Message-ID"] = self.event.message_id
         rewritten = render(rewrite_headers(self.headers, self.row, dt.datetime.now(self._tz())), self.body)
         if self.dry:
             return self._dry(f"delivered: would deliver to {len(recipients)} recipients", recipients, rewritten)
@@ -191,7 +194,7 @@ class Job:
         if why_not is None:
             notice = build_refusal_notice(original_headers=self.header_bytes, lst=self.row,
                                           poster=from_addr or self.sender, envelope_sender=self.sender,
-                                          reason=decision.reason, now=now)
+                                          reason=decision.reason, now=now, parsed=self.headers)
         note = f"notice sent to <{self.sender}>" if notice is not None else f"no notice ({why_not})"
         summary = f"to=<{self.row.address}>, from=<{from_addr or ''}>, status=bounced ({decision.reason}; {note})"
         if self.dry:

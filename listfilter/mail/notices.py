@@ -128,7 +128,7 @@ def _text_cte(text: str) -> str:
 
 
 def build_refusal_notice(*, original_headers: bytes, lst, poster: str, envelope_sender: str, reason: str,
-                         now: datetime.datetime) -> bytes:
+                         now: datetime.datetime, parsed: EmailMessage | None = None) -> bytes:
     """The refusal notice for a refused post, as LF-terminated bytes.
 
     ``original_headers`` is the refused message's header block (as from
@@ -136,8 +136,9 @@ def build_refusal_notice(*, original_headers: bytes, lst, poster: str, envelope_
     snapshot row; ``now`` must be aware. The result is multipart/mixed: the
     notice text and the original headers as ``text/rfc822-headers``. Send it with a NULL envelope
     sender (see the module docstring); check :func:`notice_suppressed` first.
+    ``parsed`` is the header block as the caller already parsed it, if it did.
     """
-    orig = parse_headers(original_headers)
+    orig = parsed if parsed is not None else parse_headers(original_headers)
     subject = header_text(orig, "Subject") or ""
     orig_date = header_text(orig, "Date") or ""
     orig_id = _MSGID.findall(header_text(orig, "Message-ID") or "")
