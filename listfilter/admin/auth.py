@@ -76,7 +76,7 @@ def from_proxy(web: WebSettings, remote_addr: str | None) -> bool:
 
 def compute_roles(config: Config, rows) -> dict[str, list[str]]:
     """Lower-cased address -> roles held, for people holding any of [web] roles (every domain's course)."""
-    from . import roster as R
+    from ..sync import membership as R
 
     wanted = set(config.web.roles) if config.web else set()
     out: dict[str, set[str]] = {}

@@ -88,19 +88,20 @@ def _store_checks(config: C.Config):
                                        f" listfilter knows ({MG.LATEST})")
     except ST.StoreError as exc:
         yield "store", False, str(exc)
-    waiting = SP.pending_events(config.site.spool_dir)
-    if waiting:
-        try:
-            age = time.time() - min(p.stat().st_mtime for p in waiting)
-        except OSError:
-            age = 0
-        # sync ingests every few minutes: an hour-old event means the log is not being fed
-        yield "spool", age < 3600, (f"{len(waiting)} event(s) wait in {config.site.spool_dir / SP.EVENTS},"
-                                    f" oldest {age / 60:.0f} min" + ("" if age < 3600 else " (is sync running?)"))
-    bad = SP.bad_events(config.site.spool_dir)
-    if bad:
-        yield "spool", False, (f"{len(bad)} malformed event file(s) in {config.site.spool_dir / SP.EVENTS / SP.BAD}"
-                               " (see the .reason files, then delete them)")
+    for area, what in ((SP.EVENTS, "event"), (SP.BOUNCES, "bounce record")):
+        waiting = SP.waiting(config.site.spool_dir, area)
+        if waiting:
+            try:
+                age = time.time() - min(p.stat().st_mtime for p in waiting)
+            except OSError:
+                age = 0
+            # sync ingests every few minutes: an hour-old record means the store is not being fed
+            yield "spool", age < 3600, (f"{len(waiting)} {what}(s) wait in {config.site.spool_dir / area},"
+                                        f" oldest {age / 60:.0f} min" + ("" if age < 3600 else " (is sync running?)"))
+        bad = SP.bad_records(config.site.spool_dir, area)
+        if bad:
+            yield "spool", False, (f"{len(bad)} malformed {what} file(s) in {config.site.spool_dir / area / SP.BAD}"
+                                   " (see the .reason files, then delete them)")
     web = config.web
     if web is not None and web.proxy_header:
         # sign-on through the proxy needs the roster roles that sync writes

@@ -10,6 +10,8 @@ Under the spool directory (site.spool_dir, writable by the ``listfilter`` user):
     sent/bad/                  progress records that could not be read, set aside
     notices/<day>/<sender>.<n> slot n of that sender's refusal notices that day
     bounces/<id>.json          one record per bounce received (create-only; sync scores them)
+    bounces/.ingest/           records sync has claimed and not yet committed
+    bounces/bad/               records sync could not read, each with a .reason file
 
 The mail side only ever creates files (temporary name, then rename) or takes
 an exclusive slot (``O_EXCL``); the checks that must not race are atomic:
@@ -100,11 +102,10 @@ def write_event(spool: Path, event) -> Path:
     return path
 
 
-def pending_events(spool: Path) -> list[Path]:
-    """Event files waiting for ingest (claimed ones included)."""
-    events = spool / EVENTS
+def waiting(spool: Path, area: str = EVENTS) -> list[Path]:
+    """Records of ``area`` (events/ or bounces/) that sync has not yet ingested, claimed ones included."""
     out = []
-    for d in (events / CLAIMED, events):
+    for d in (spool / area / CLAIMED, spool / area):
         try:
             out.extend(p for p in d.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
         except FileNotFoundError:
@@ -112,11 +113,20 @@ def pending_events(spool: Path) -> list[Path]:
     return out
 
 
-def bad_events(spool: Path) -> list[Path]:
+def bad_records(spool: Path, area: str = EVENTS) -> list[Path]:
+    """Records of ``area`` that ingest set aside in its bad/."""
     try:
-        return sorted(p for p in (spool / EVENTS / BAD).iterdir() if p.name.endswith(".json"))
+        return sorted(p for p in (spool / area / BAD).iterdir() if p.name.endswith(".json"))
     except FileNotFoundError:
         return []
+
+
+def pending_events(spool: Path) -> list[Path]:
+    return waiting(spool, EVENTS)
+
+
+def bad_events(spool: Path) -> list[Path]:
+    return bad_records(spool, EVENTS)
 
 
 # --------------------------------------------------------------------------

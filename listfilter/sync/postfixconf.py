@@ -20,15 +20,30 @@ def relayhost(relay: str | None) -> str | None:
     return f"[{host}]:{port}" if sep and port.isdigit() else f"[{relay}]"
 
 
-def context(config: Config, program: str) -> dict:
-    """``program`` is the ``listfilter`` command; the mail commands are its siblings."""
+def mail_bindir(program: str) -> str:
+    """Where the mail commands are: beside ``program``, or beside what it links to.
+
+    A ``listfilter`` symlinked alone into /usr/local/bin has no
+    ``listfilter-deliver`` beside it, and pipe(8) bounces the mail of a
+    command that cannot be run (exit 127 is not a sysexits code).
+    """
     from pathlib import Path
 
+    here = Path(program).parent
+    if not (here / "listfilter-deliver").exists():
+        real = Path(program).resolve().parent
+        if (real / "listfilter-deliver").exists():
+            return str(real)
+    return str(here)
+
+
+def context(config: Config, program: str) -> dict:
+    """``program`` is the ``listfilter`` command; the mail commands are its siblings."""
     return {
         "config": config,
         "config_path": str(config.path),
         "program": program,
-        "bindir": str(Path(program).parent),
+        "bindir": mail_bindir(program),
         "snapshot": str(config.site.snapshot_path),
         "maxproc": config.postfix.maxproc,
         "transport": config.site.transport,

@@ -8,7 +8,6 @@ the page works without it. Screenshots go to tests/artifacts/ (gitignored).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +18,6 @@ import pytest
 
 from listfilter.sync import config as C
 from listfilter.store import database as ST
-from listfilter.store import ingest as IN
 
 from ..conftest import COURSE_LISTS, REPO
 from ..store.test_database import CSV_ROSTER, event

@@ -2,35 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
-import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
 
 import pytest
 
-from listfilter.sync import config as C
-from listfilter.store import migrations as MG
+from listfilter.common import events as EV
 from listfilter.store import database as ST
-from listfilter.store import ingest as IN
+from listfilter.store import migrations as MG
+from listfilter.sync import config as C
 
+from ..cli.runner import listfilter
 from ..conftest import COURSE_LISTS, REPO
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 1, 21, 15, 0, tzinfo=UTC)
+#: Every migration's version, in order.
+ALL = list(range(1, MG.LATEST + 1))
 STUDENTS = "students@lists.example.edu"
 CSV_ROSTER = f'source = "csv"\ncsv = "{REPO / "docs/example/roster.csv"}"'
 
 
+def event_id(n: int) -> str:
+    """An event id of the form the mail side makes (32 hex characters), fixed per n."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"test:{n}").hex
+
+
 def event(n: int = 0, **fields) -> dict:
-    """An event record shaped like the ones `listfilter deliver` writes."""
+    """An event record shaped like the ones `listfilter-deliver` writes."""
     ev = {
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"test:{n}")),
+        "id": event_id(n),
         "status": "delivered",
         "list_address": STUDENTS,
+        "rule": "",
         "list_display_name": "CS 199 Students",
         "sender_email": "prof@example.edu",
         "sender_name": "Jane Doe",
@@ -56,12 +64,7 @@ def write_event(spool: Path, ev: dict, name: str | None = None) -> Path:
     return path
 
 
-def listfilter(config: Path, *args: str, env=None, input=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "listfilter", "--config", str(config), *args],
-                          capture_output=True, text=True, env=env, timeout=60, input=input)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def backend(request):
     return request.param
 
@@ -91,8 +94,13 @@ def store(config):
         yield s
 
 
+def entry_from(record: dict, **kw) -> ST.Entry:
+    """The row ingest makes of a spool record: validated by from_json, then entry_of."""
+    return ST.entry_of(EV.from_json(json.dumps(record).encode()), **kw)
+
+
 def entry(n: int = 0, **fields) -> ST.Entry:
-    return ST.parse_event(event(n, **fields))
+    return entry_from(event(n, **fields))
 
 
 # ---------------------------------------------------------------- migrations
@@ -101,9 +109,9 @@ def entry(n: int = 0, **fields) -> ST.Entry:
 def test_upgrade_creates_the_schema_and_is_idempotent(config, backend):
     with ST.open_store(config.store, create=True) as s:
         assert s.version() == 0
-        assert [m.version for m in s.pending()] == [1, 2]
+        assert [m.version for m in s.pending()] == ALL
         applied = s.upgrade()
-        assert [m.version for m in applied] == [1, 2]
+        assert [m.version for m in applied] == ALL
         assert s.version() == MG.LATEST
         assert s.upgrade() == [] and s.version() == MG.LATEST
         s.require_current()
@@ -113,13 +121,14 @@ def test_upgrade_creates_the_schema_and_is_idempotent(config, backend):
             assert cols["status"] == "mail_log_status"
             assert cols["created_at"] == "timestamp"
             assert cols["id"] == "text" and cols["recipients"] == "jsonb"
+            assert cols["rule"] == "text" and cols["client_address"] == "text"
             labels = [r[0] for r in s._q("SELECT unnest(enum_range(NULL::mail_log_status))::text")]
-            assert labels == list(MG.STATUSES)
+            assert labels == list(EV.STATUSES)
         else:
             cols = [r[1] for r in s._q("PRAGMA table_info(mail_logs)")]
             assert cols[:9] == ["id", "status", "list_address", "sender_email", "subject", "recipient_count",
                                 "error_message", "message_id", "created_at"]
-            assert {"sender_name", "recipients", "queue_id", "body"} <= set(cols)
+            assert {"sender_name", "recipients", "queue_id", "body", "rule", "client_address"} <= set(cols)
 
 
 def test_a_store_behind_is_refused_until_upgraded(config, config_path, monkeypatch):
@@ -128,21 +137,27 @@ def test_a_store_behind_is_refused_until_upgraded(config, config_path, monkeypat
         assert [m.version for m in s.upgrade()] == [1]
         monkeypatch.undo()
         assert s.version() == 1
-        with pytest.raises(ST.StoreError, match="schema version 1 of 2: run `listfilter db upgrade`"):
+        with pytest.raises(ST.StoreError, match=f"schema version 1 of {MG.LATEST}: run `listfilter db upgrade`"):
             s.require_current()
     proc = listfilter(config_path, "check")
     assert proc.returncode == 1
-    assert "PROBLEM  store: " in proc.stdout and "schema version 1 of 2 (run listfilter db upgrade)" in proc.stdout
-    assert listfilter(config_path, "log").returncode == 1
+    assert "PROBLEM  store: " in proc.stdout and f"schema version 1 of {MG.LATEST} (run listfilter db upgrade)" in proc.stdout
+    proc = listfilter(config_path, "log")
+    assert proc.returncode == 1 and f"schema version 1 of {MG.LATEST}: run `listfilter db upgrade`" in proc.stderr
     proc = listfilter(config_path, "db", "status")
-    assert proc.returncode == 1 and "pending migration 2:" in proc.stdout
+    assert proc.returncode == 1
+    assert [l for l in proc.stdout.splitlines() if l.startswith("pending")] == [
+        f"pending migration {m.version}: {m.name}" for m in MG.MIGRATIONS[1:]]
     proc = listfilter(config_path, "db", "upgrade")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[0] == "applied migration 2: sender name, recipients, queue id, body; indexes"
+    assert proc.stdout.splitlines()[:-1] == [f"applied migration {m.version}: {m.name}" for m in MG.MIGRATIONS[1:]]
+    assert proc.stdout.splitlines()[1] == "applied migration 3: discarded status, the deciding rule, the SMTP client"
     proc = listfilter(config_path, "db", "upgrade")
     assert proc.returncode == 0 and "(already up to date)" in proc.stdout
     proc = listfilter(config_path, "check")
-    assert "ok       store: " in proc.stdout and "schema version 2, 0 rows" in proc.stdout, proc.stdout
+    assert "ok       store: " in proc.stdout and f"schema version {MG.LATEST}, 0 rows" in proc.stdout, proc.stdout
+    proc = listfilter(config_path, "db", "status")
+    assert proc.returncode == 0 and "pending" not in proc.stdout
 
 
 def test_a_newer_schema_is_refused(store, config_path):
@@ -171,7 +186,7 @@ def test_concurrent_upgrades_apply_each_migration_once(config):
         t.join()
     assert errors == []
     with ST.open_store(config.store) as s:
-        assert [r[0] for r in s._q(f"SELECT version FROM {MG.TABLE} ORDER BY version")] == [1, 2]
+        assert [r[0] for r in s._q(f"SELECT version FROM {MG.TABLE} ORDER BY version")] == ALL
 
 
 SEED_PG = """
@@ -186,6 +201,7 @@ VALUES ('8d5e1c1e-8a7f-4c43-9a43-0d6d5b0c2b11', 'delivered', 'students@lists.exa
 """
 
 
+@pytest.mark.integration
 def test_postgresql_adopts_the_course_apps_seed_table(pg_dsn, make_config):
     """The course web app's database may already hold mail_logs (with an older enum): keep its rows."""
     import psycopg
@@ -195,13 +211,64 @@ def test_postgresql_adopts_the_course_apps_seed_table(pg_dsn, make_config):
     config = C.load(make_config(f'[store]\ndsn = "{pg_dsn}"\n' + COURSE_LISTS))
     assert config.store.backend == "postgresql"
     with ST.open_store(config.store) as s:
-        assert [m.version for m in s.upgrade()] == [1, 2]
+        assert [m.version for m in s.upgrade()] == ALL
         [old] = s.entries()
         assert (old.subject, old.recipient_count, old.recipients, old.sender_name) == (
             "From the course app", 7, [], "")
         assert old.created_at == dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-        s.upsert([entry(1, status="rejected")])  # the value the seed's enum lacked
-        assert s.count(status=["rejected"]) == 1
+        assert s.get("8d5e1c1e-8a7f-4c43-9a43-0d6d5b0c2b11") == old  # a legacy UUID id is still an id
+        s.upsert([entry(1, status="rejected"), entry(2, status="discarded")])  # values the seed's enum lacked
+        assert s.count(status=["rejected"]) == 1 and s.count(status=["discarded"]) == 1
+
+
+def released_v2() -> tuple[MG.Migration, ...]:
+    """Migrations 1 and 2 as a database made before version 3 has them: its PostgreSQL enum
+    got only the four statuses of the time (migration 1 now adds every status it knows)."""
+    first, second = MG.MIGRATIONS[:2]
+    return (dataclasses.replace(first, postgresql=tuple(st for st in first.postgresql if "'discarded'" not in st)),
+            second)
+
+
+V2_ROW = ("id, status, list_address, sender_email, subject, recipient_count, error_message, message_id, created_at,"
+          " sender_name, list_display_name, envelope_sender, recipients, queue_id, body, body_truncated, updated_at")
+
+
+def insert_v2_row(s: ST.Store, n: int, status: str = "delivered") -> None:
+    """A row as the version-2 code wrote it (no rule, no client_address)."""
+    values = ", ".join(s._placeholder(c.strip()) for c in V2_ROW.split(","))
+    s._execute(f"INSERT INTO mail_logs ({V2_ROW}) VALUES ({values})",
+               (event_id(n), status, STUDENTS, "prof@example.edu", f"Message {n}", 2, "", f"<m{n}@example.edu>",
+                s._ts(T0 + dt.timedelta(minutes=n)), "Jane Doe", "CS 199 Students", "prof@example.edu",
+                json.dumps(["alice@example.edu", "bob@example.edu"]), f"4AB{n:04d}", f"Body of message {n}\n",
+                s._bool(False), s._ts(T0)))
+
+
+def test_upgrade_from_version_2_keeps_the_rows_and_accepts_discarded(config, backend, monkeypatch):
+    with ST.open_store(config.store, create=True) as s:
+        monkeypatch.setattr(MG, "MIGRATIONS", released_v2())
+        assert [m.version for m in s.upgrade()] == [1, 2]
+        monkeypatch.undo()
+        insert_v2_row(s, 1)
+        insert_v2_row(s, 2, "failed")
+        with pytest.raises(s.refused_errors()):  # version 2 knows no "discarded"
+            insert_v2_row(s, 3, "discarded")
+    with ST.open_store(config.store) as s:  # a new connection: the refused statement left nothing behind
+        v2_rows = f"SELECT {V2_ROW} FROM mail_logs ORDER BY id"
+        before = s._q(v2_rows)
+        assert sorted(r[4] for r in before) == ["Message 1", "Message 2"]
+        assert [m.version for m in s.upgrade()] == ALL[2:]
+        s.require_current()
+        assert s._q(v2_rows) == before  # every row and field kept
+        assert [(e.rule, e.client_address) for e in s.entries()] == [("", ""), ("", "")]
+        loop = entry(3, status="discarded", rule="loop", client_address="192.0.2.7",
+                     error_message="loop: X-Loop names this list")
+        s.upsert([loop])
+        assert s.count() == 3 and s.count(status=["discarded"]) == 1
+        assert s.get(loop.id) == loop
+        if backend == "sqlite":  # the table was rebuilt: its indexes too
+            indexes = {r[0] for r in s._q("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                          " AND tbl_name = 'mail_logs' AND name NOT LIKE 'sqlite_%'")}
+            assert indexes == {"mail_logs_created_at_idx", "mail_logs_status_idx", "mail_logs_list_idx"}
 
 
 # ---------------------------------------------------------------- writing and reading
@@ -222,11 +289,13 @@ def test_upsert_newest_record_wins(store):
 
 def test_round_trip_of_every_field(store):
     e = entry(3, subject="Grüße — 日本語 ✓", sender_name='Jane "JD" Doe', recipients=["a@x.org"] * 3,
-              recipient_count=3, body="line 1\r\nline 2\n", error_message="oops", queue_id="4XYZ")
+              recipient_count=3, body="line 1\r\nline 2\n", error_message="oops", queue_id="4XYZ",
+              rule="poster", client_address="2001:db8::25")
     store.upsert([e])
     got = store.get(e.id)
     assert got == e
-    assert store.get(str(uuid.uuid4())) is None
+    assert (got.rule, got.client_address) == ("poster", "2001:db8::25")
+    assert store.get(uuid.uuid4().hex) is None
     assert got.as_json()["created_at"] == "2026-01-21T15:03:00+00:00" and "body" not in got.as_json()
 
 
@@ -260,16 +329,17 @@ def test_retention_purges_rows_and_bodies(store):
 
 def test_awkward_text_is_stored(store):
     """NUL (which PostgreSQL refuses in text) and a lone surrogate (not UTF-8) are replaced, not fatal."""
-    e = ST.parse_event(json.loads(json.dumps(event(5)).replace("Message 5", "bad\\u0000nul \\ud800 end")))
+    e = ST.entry_of(EV.from_json(json.dumps(event(5)).replace("Message 5", "bad\\u0000nul \\ud800 end").encode()))
     store.upsert([e])
     assert store.get(e.id).subject == "bad\ufffdnul ? end"
 
 
 def test_bodies_are_capped_or_not_stored(store):
     big = "é" * 40_000  # 80,000 bytes
-    e = ST.parse_event(event(6, body=big), body_max_bytes=1001)
+    e = entry_from(event(6, body=big), body_max_bytes=1001)
     assert len(e.body.encode()) == 1000 and e.body_truncated  # cut on a character boundary
-    assert ST.parse_event(event(6, body=big), store_bodies=False).body is None
+    assert entry_from(event(6, body=big), store_bodies=False).body is None
+    assert not entry_from(event(6, body="é" * 500), body_max_bytes=1000).body_truncated  # exactly the cap
     store.upsert([e])
     assert store.get(e.id).body_truncated
 
@@ -341,8 +411,11 @@ def test_log_command(config_path, config, store):
     assert proc.returncode == 2 and "--since" in proc.stderr
     proc = listfilter(config_path, "log", "--list", "nosuch")
     assert proc.returncode == 2 and "no list named 'nosuch'" in proc.stderr
-    proc = listfilter(config_path, "log", "--status", "discarded")
-    assert proc.returncode == 2
+    store.upsert([entry(3, status="discarded", rule="duplicate", created_at=(T0 - dt.timedelta(days=1)).isoformat())])
+    proc = listfilter(config_path, "log", "--status", "discarded", "--json")
+    assert [(r["status"], r["rule"]) for r in json.loads(proc.stdout)] == [("discarded", "duplicate")]
+    proc = listfilter(config_path, "log", "--status", "bogus")
+    assert proc.returncode == 2 and "'bogus' is not one of" in proc.stderr
 
 
 def test_parse_since():

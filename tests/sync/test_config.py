@@ -1,14 +1,19 @@
-"""Config validation: every error class names the file and the field, exit 2."""
+"""Config validation: every error class names the file and the field; the CLI exits 78 (EX_CONFIG)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from listfilter.common.errors import EX_CONFIG
 from listfilter.sync import config as C
 
+from ..cli.runner import listfilter
 from ..conftest import EXAMPLE
 
 MINIMAL = """
@@ -90,7 +95,8 @@ ERRORS = [
     (MINIMAL + "display_name = 3\n", "lists.testing.display_name: expected a string, not an integer"),
     (MINIMAL + "colour = 'red'\n", "lists.testing.colour: unknown key"),
     (MINIMAL + "exclude_poster = 'yes'\n", "lists.testing.exclude_poster: expected true or false, not a string"),
-    (MINIMAL.replace("someone@example.edu\"] }", "someone@\"] }"), "lists.testing.members.emails[0]: malformed address 'someone@'"),
+    (MINIMAL.replace("someone@example.edu\"] }", "someone@\"] }"),
+     "lists.testing.members.emails[0]: malformed address 'someone@'"),
     (MINIMAL.replace('posters = ["someone@example.edu"]', 'posters = ["some one@example.edu"]'),
      "lists.testing.posters[0]: malformed address 'some one@example.edu'"),
     (MINIMAL.replace('posters = ["someone@example.edu"]', 'posters = { emails = ["nodomain"] }'),
@@ -145,27 +151,44 @@ def test_missing_file(tmp_path):
         C.load(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize("command", [["check", "--offline"], ["sync"], ["lists"], ["maps"], ["postfix-config"]])
-def test_cli_bad_config_exits_2_with_one_line(tmp_path, command):
+@pytest.mark.parametrize("command", [["check", "--offline"], ["sync"], ["sync", "--dry-run"], ["lists"],
+                                     ["members", "staff"], ["maps"], ["postfix-config"], ["db", "status"],
+                                     ["log"], ["deliver", "--sender", "a@b", "--recipient", "l@d"]])
+def test_cli_bad_config_exits_78_with_one_line(tmp_path, command):
     path = tmp_path / "lists.toml"
     path.write_text(MINIMAL + "posters_typo = 1\n")
-    proc = subprocess.run([sys.executable, "-m", "listfilter", "--config", str(path), *command],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2, proc
-    lines = [l for l in proc.stdout.splitlines() + proc.stderr.splitlines() if l.strip()]
+    ran = listfilter(path, *command)
+    assert ran.returncode == EX_CONFIG == 78, ran
+    lines = [l for l in ran.stdout.splitlines() + ran.stderr.splitlines() if l.strip()]
     assert any("lists.testing.posters_typo: unknown key" in l for l in lines), lines
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) <= 1
+    if command[0] != "check":  # check reports it among its checks, on stdout
+        assert ran.stderr == f"listfilter: config error: {path}: lists.testing.posters_typo: unknown key\n"
+
+
+def test_a_usage_error_stays_exit_2(tmp_path):
+    path = tmp_path / "lists.toml"
+    path.write_text("[site]\nowners = ['o@example.edu']\n" + MINIMAL)
+    ran = listfilter(path, "log", "--limit", "0")
+    assert ran.returncode == 2 and "--limit" in ran.stderr
+    assert listfilter(path, "no-such-command").returncode == 2
+
+
+def test_the_installed_command_exits_78_without_a_traceback(tmp_path):
+    """What cron and the operator see: the console script's own exit status and stderr."""
+    path = tmp_path / "lists.toml"
+    path.write_text(MINIMAL + "posters_typo = 1\n")
+    program = shutil.which("listfilter", path=str(Path(sys.executable).parent))
+    proc = subprocess.run([program, "--config", str(path), "sync"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 78, proc
+    assert proc.stdout == ""
+    assert proc.stderr == f"listfilter: config error: {path}: lists.testing.posters_typo: unknown key\n"
 
 
 def test_config_from_environment(tmp_path):
     path = tmp_path / "lists.toml"
     path.write_text("[site]\nowners = ['o@example.edu']\n" + MINIMAL)
-    proc = subprocess.run([sys.executable, "-m", "listfilter", "check", "--offline", "--json"],
-                          capture_output=True, text=True, env={**__import__("os").environ, "LISTFILTER_CONFIG": str(path)})
-    assert proc.returncode == 0, proc.stderr
-    import json
-
-    report = json.loads(proc.stdout)
+    ran = listfilter(None, "check", "--offline", "--json", env={"LISTFILTER_CONFIG": str(path)})
+    assert ran.returncode == 0, ran.stderr
+    report = json.loads(ran.stdout)
     assert report["ok"] is True
     assert report["checks"][0]["detail"].startswith(str(path))

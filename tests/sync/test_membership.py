@@ -1,52 +1,12 @@
-"""The fast paths give the same answers as the straightforward code they replace."""
+"""CourseIndex (the bucketed membership rules) gives the same answers as the row-by-row rules."""
 
 from __future__ import annotations
 
-import importlib
 import random
 
-import pytest
-
 from listfilter.sync import config as C
-from listfilter import launcher as L
+from listfilter.sync import membership as MB
 from listfilter.sync import roster as R
-from listfilter.common import spool
-
-
-ARGVS = [
-    ["--config", "/x.toml", "deliver", "--sender", "a@b", "--recipient", "l@d", "--queue-id", "Q1"],
-    ["--config", "/x.toml", "deliver", "--sender", "", "--recipient", "l@d", "--queue-id", "Q1"],
-    ["deliver", "--sender", "a@b", "--recipient", "l@d", "--dry-run"],
-    ["--config=/x.toml", "deliver", "--sender=a@b", "--recipient=l@d"],
-    ["deliver", "--sender", "a@b", "--recipient", "l@d", "--queue-id=", "--sender", "c@d"],
-    ["--config", "/x", "policy"],
-    ["bounce", "--recipient", "l-bounces+u=x@d", "--queue-id", "Q"],
-    ["deliver", "--send", "a", "--recipient", "l@d"],  # an abbreviation, as argparse allows
-]
-UNUSUAL = [
-    ["deliver", "--recipient", "l@d"],
-    ["deliver", "--sender", "a", "--recipient", "l@d", "extra"],
-    ["deliver", "--sender", "a", "--recipient", "l@d", "--config", "/y"],
-    ["deliver", "--sender", "a", "--recipient", "l@d", "--dry-run=1"],
-    ["deliver", "--help"],
-]
-
-
-def _module(argv):
-    name = L.command_of(argv)
-    return name, importlib.import_module(L.MAIL_COMMANDS[name].split(":")[0])
-
-
-@pytest.mark.parametrize("argv", ARGVS)
-def test_quick_parse_equals_argparse(argv):
-    name, mod = _module(argv)
-    assert vars(L.quick_parse(argv, name, mod)) == vars(L.parse_with_argparse(argv, name, mod))
-
-
-@pytest.mark.parametrize("argv", UNUSUAL)
-def test_unusual_command_lines_go_to_argparse(argv):
-    name, mod = _module(argv)
-    assert L.quick_parse(argv, name, mod) is None
 
 
 # The row-by-row rules, kept here as the oracle CourseIndex must agree with.
@@ -71,9 +31,9 @@ def reference_members(lst, rows, roster):
                 continue
             key = row.email.lower()
             if key not in out:
-                out[key] = R.Member(row.email, row.name)
+                out[key] = MB.Member(row.email, row.name)
     for email in lst.member_emails:
-        out.setdefault(email.lower(), R.Member(email, ""))
+        out.setdefault(email.lower(), MB.Member(email, ""))
     return out
 
 
@@ -109,10 +69,21 @@ posters = ["someone@example.org"]
     rows = [R.Enrollment(f"{rng.choice(['a', 'B', 'c'])}{rng.randrange(40)}@{rng.choice(['x', 'X'])}.example",
                          f"N{i}", rng.choice(["applied", "student", "teacher", "ta"]), rng.random() < 0.8,
                          rng.choice(["current", "current", "2025-fall"]), "CS 199") for i in range(600)]
-    index = R.CourseIndex(rows, config.roster)
-    roles = R.roles_by_person(rows, config.roster)
+    index = MB.CourseIndex(rows, config.roster)
+    roles = MB.roles_by_person(rows, config.roster)
     for lst in config.lists.values():
         members = reference_members(lst, rows, config.roster)
         assert index.members(lst) == members
         assert list(index.members(lst).items()) == list(members.items())
         assert index.posters(lst, members) == reference_posters(lst, members, roles)
+
+
+def test_by_course_groups_like_one_scan_per_domain():
+    rng = random.Random(11)
+    rows = [R.Enrollment(f"p{i}@x.example", "", "student", True, "current", rng.choice(["CS 199", "CS 225", None]))
+            for i in range(300)]
+    grouped = MB.by_course(rows)
+    for course in ("CS 199", "CS 225"):
+        assert grouped[course] == MB.course_rows(rows, C.Domain("d.example", course))  # roster order kept
+    assert grouped[None] == [r for r in rows if r.course is None]
+    assert sum(map(len, grouped.values())) == len(rows)

@@ -39,25 +39,61 @@ def test_main_cf_settings():
     assert settings["relayhost"] == "[outbound-relays.example.edu]:25"
 
 
+SNAPSHOT = "/var/lib/listfilter/snapshot.sqlite"
+
+
+def master_lines(config: C.Config) -> list[list[str]]:
+    """master.cf's entries without the comments, split into words."""
+    return [l.split() for l in postfixconf.master_cf(config, PROGRAM).splitlines() if not l.startswith("#")]
+
+
 def test_master_cf_pipe_entry():
-    lines = [l for l in postfixconf.master_cf(reference_config(), PROGRAM).splitlines() if not l.startswith("#")]
-    assert lines[0].split() == ["listfilter", "unix", "-", "n", "n", "-", "-", "pipe"]
-    assert lines[1].split() == [
-        "flags=q", "user=listfilter", "null_sender=", f"argv={PROGRAM}", "--config", "/etc/listfilter/lists.toml", "deliver",
-        "--sender", "${sender}", "--recipient", "${original_recipient}", "--queue-id", "${queue_id}"]
+    lines = master_lines(reference_config())
+    assert lines[0] == ["listfilter", "unix", "-", "n", "n", "-", "4", "pipe"]
+    assert lines[1] == [
+        "flags=q", "user=listfilter", "null_sender=", "argv=/opt/listfilter/bin/listfilter-deliver",
+        "--snapshot", SNAPSHOT, "--sender", "${sender}", "--recipient", "${original_recipient}",
+        "--queue-id", "${queue_id}"]
 
 
 def test_bounce_and_policy_services():
-    master = [l for l in postfixconf.master_cf(reference_config(), PROGRAM).splitlines() if not l.startswith("#")]
-    assert master[2].split() == ["listfilter-bounce", "unix", "-", "n", "n", "-", "-", "pipe"]
-    assert master[3].split()[-7:] == ["--config", "/etc/listfilter/lists.toml", "bounce", "--recipient",
-                                      "${original_recipient}", "--queue-id", "${queue_id}"]
-    assert master[4].split() == ["listfilter-policy", "unix", "-", "n", "n", "-", "0", "spawn"]
-    assert master[5].split() == ["user=listfilter", f"argv={PROGRAM}", "--config", "/etc/listfilter/lists.toml",
-                                 "policy"]
+    master = master_lines(reference_config())
+    assert master[2] == ["listfilter-bounce", "unix", "-", "n", "n", "-", "4", "pipe"]
+    assert master[3] == ["flags=q", "user=listfilter", "null_sender=", "argv=/opt/listfilter/bin/listfilter-bounce",
+                         "--snapshot", SNAPSHOT, "--recipient", "${original_recipient}", "--queue-id", "${queue_id}"]
+    assert master[4] == ["listfilter-policy", "unix", "-", "n", "n", "-", "0", "spawn"]
+    assert master[5] == ["user=listfilter", "argv=/opt/listfilter/bin/listfilter-policy", "--snapshot", SNAPSHOT]
+    assert len(master) == 6
     main = postfixconf.main_cf(reference_config(), PROGRAM)
     assert "smtpd_recipient_restrictions = check_policy_service unix:private/listfilter-policy\n" in main
     assert "listfilter-bounce_destination_recipient_limit = 1\n" in main
+
+
+def test_maxproc_snapshot_and_transport_follow_the_config(tmp_path):
+    data = tomllib.loads((EXAMPLE / "lists.toml").read_text())
+    data["site"].update(state_dir="/srv/lists", transport="lf")
+    data["postfix"] = {"maxproc": 12}
+    master = master_lines(C.parse(data, tmp_path / "lists.toml"))
+    assert master[0] == ["lf", "unix", "-", "n", "n", "-", "12", "pipe"]
+    assert master[2] == ["lf-bounce", "unix", "-", "n", "n", "-", "12", "pipe"]
+    assert master[4][0] == "lf-policy" and master[4][-2:] == ["0", "spawn"]  # spawn: one per SMTP connection
+    for argv in (master[1], master[3], master[5]):
+        assert argv[argv.index("--snapshot") + 1] == "/srv/lists/snapshot.sqlite"
+
+
+def test_the_pipe_argv_is_what_the_mail_commands_accept():
+    """master.cf's fixed command lines, with Postfix's ${…} filled in, parse without a usage error."""
+    from listfilter.mail import bounce, command, deliver, policy
+
+    filled = {"${sender}": "prof@example.edu", "${original_recipient}": "students@lists.example.edu",
+              "${queue_id}": "4ABC"}
+    master = master_lines(reference_config())
+    for words, module in ((master[1], deliver), (master[3], bounce), (master[5], policy)):
+        at = next(i for i, w in enumerate(words) if w.startswith("argv="))
+        program, argv = words[at].split("=", 1)[1], [filled.get(w, w) for w in words[at + 1:]]
+        assert program == f"/opt/listfilter/bin/listfilter-{module.__name__.rsplit('.', 1)[1]}"
+        args = command.parse(argv, module.OPTIONS, getattr(module, "FLAGS", ()))
+        assert args["snapshot"] == SNAPSHOT
 
 
 def test_relayhost_forms():

@@ -7,7 +7,6 @@ import pytest
 from listfilter.sync import config as C
 from listfilter.sync import roster as R
 from listfilter.sync import compiler as K
-from listfilter.common import snapshot as S
 
 from ..conftest import ROSTER_ROWS, seed_roster
 

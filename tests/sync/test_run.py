@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,18 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from listfilter.sync import config as C
 from listfilter.common import snapshot as S
+from listfilter.common.errors import EX_CONFIG
+from listfilter.sync import config as C
 
+from ..cli.runner import ENV, listfilter
 from ..conftest import REPO
 
 EXPECTED = REPO / "tests" / "expected" / "example"
 POSTMAP = shutil.which("postmap") or "/usr/sbin/postmap"
-
-
-def listfilter(config: Path, *args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "listfilter", "--config", str(config), *args],
-                          capture_output=True, text=True, env=env, timeout=60)
 
 
 def state_files(state: Path) -> dict[str, tuple[int, int, bytes]]:
@@ -89,6 +87,14 @@ def test_maps_built_with_real_postmap(make_config, tmp_path, host_postfix_config
     assert state_files(tmp_path / "state") == before
 
 
+def sync_line(stdout: str) -> tuple[int, int, str]:
+    """(lists, memberships, what changed) from sync's last line, which must have exactly that form."""
+    m = re.fullmatch(r"sync: (\d+) lists, (\d+) memberships: (.+?)(?:; postfix reloaded)? \(\d+\.\d\d s\)",
+                     stdout.splitlines()[-1])
+    assert m, stdout
+    return int(m.group(1)), int(m.group(2)), m.group(3)
+
+
 def _stub_postfix(tmp_path: Path) -> tuple[Path, Path]:
     """A command directory whose `postfix` records its calls; postmap is the real one."""
     bindir = tmp_path / "bin"
@@ -107,7 +113,8 @@ def test_reload_only_when_a_map_changed(make_config, tmp_path, host_postfix_conf
     shutil.copy(REPO / "docs/example/roster.csv", csv)
     path = make_config(postfix=f'map_type = "hash"\ncommand_directory = "{bindir}"',
                        roster=f'source = "csv"\ncsv = "{csv}"')
-    assert listfilter(path, "sync").returncode == 0
+    first = listfilter(path, "sync")
+    assert first.returncode == 0
     assert calls.read_text() == "status\nreload\n"
     before = state_files(tmp_path / "state")
     proc = listfilter(path, "sync")
@@ -118,7 +125,8 @@ def test_reload_only_when_a_map_changed(make_config, tmp_path, host_postfix_conf
     with csv.open("a") as fh:
         fh.write("zoe@example.edu,Zoe New,student,true,current,CS 199\n")
     proc = listfilter(path, "sync")
-    assert "updated snapshot (" in proc.stdout or proc.stdout.rstrip().endswith(")"), proc.stdout
+    # zoe is a student: one more member of students@ and enrolled@, on both domains
+    assert sync_line(proc.stdout) == (8, sync_line(first.stdout)[1] + 4, "updated snapshot"), proc.stdout
     assert "map " not in proc.stdout and calls.read_text() == "status\nreload\n"
     after = state_files(tmp_path / "state")
     assert after["snapshot.sqlite"][0] != before["snapshot.sqlite"][0]  # replaced by rename
@@ -202,7 +210,8 @@ def test_dry_run_writes_nothing(example_config):
     assert listfilter(example_config, "sync").returncode == 0
     before = state_files(state)
     roster = example_config.parent / "roster.csv"
-    roster.write_text(roster.read_text().replace("bob@example.edu,Bob Brown,student,true", "bob@example.edu,Bob Brown,student,false"))
+    roster.write_text(roster.read_text().replace("bob@example.edu,Bob Brown,student,true",
+                                                 "bob@example.edu,Bob Brown,student,false"))
     proc = listfilter(example_config, "sync", "--dry-run")
     assert "-enrolled@lists.example.edu: 3 members" in proc.stdout
     assert "+enrolled@lists.example.edu: 2 members" in proc.stdout
@@ -229,7 +238,7 @@ def test_roster_down_leaves_snapshot_and_maps_intact(pg_dsn, make_config, tmp_pa
     # an invalid config likewise leaves everything as it was
     path.write_text(path.read_text() + "\n[lists.broken]\nmembers = {}\nposters = []\n")
     proc = listfilter(path, "sync")
-    assert proc.returncode == 2 and "lists.broken.members" in proc.stderr
+    assert proc.returncode == EX_CONFIG and "lists.broken.members" in proc.stderr
     assert state_files(tmp_path / "state") == before
 
 
@@ -240,7 +249,7 @@ def test_overlapping_syncs_are_serialised(example_config):
     fcntl.flock(fd, fcntl.LOCK_EX)  # another sync is running
     try:
         proc = subprocess.Popen([sys.executable, "-m", "listfilter", "--config", str(example_config), "sync"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
         time.sleep(1.5)
         assert proc.poll() is None, "sync did not wait for the lock"
         assert not (state / "snapshot.sqlite").exists()
@@ -305,11 +314,36 @@ def test_sync_prunes_old_delivery_records_and_notice_counts(example_config):
     assert not old.exists() and new.exists() and not day.exists()
 
 
-def test_postfix_config_names_the_running_program(example_config, tmp_path):
-    link = tmp_path / "bin" / "listfilter"
-    link.parent.mkdir()
-    link.symlink_to(Path(sys.executable).parent / "listfilter")
-    proc = subprocess.run([str(link), "--config", str(example_config), "postfix-config"],
-                          capture_output=True, text=True)
+MAIL_COMMANDS = ("listfilter-deliver", "listfilter-bounce", "listfilter-policy")
+
+
+def master_programs(stdout: str) -> list[str]:
+    return [w.split("=", 1)[1] for w in stdout.split() if w.startswith("argv=")]
+
+
+def test_postfix_config_names_the_running_programs_siblings(example_config, tmp_path):
+    """Not whatever `listfilter` is first on $PATH: the one running (argv[0]), so the process is the point."""
+    venv_bin = Path(sys.executable).parent
+    link_dir = tmp_path / "bin"
+    link_dir.mkdir()
+    for name in ("listfilter", *MAIL_COMMANDS):
+        (link_dir / name).symlink_to(venv_bin / name)
+    proc = subprocess.run([str(link_dir / "listfilter"), "--config", str(example_config), "postfix-config"],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert f"argv={link} --config {example_config.resolve()} deliver" in proc.stdout
+    snapshot = example_config.parent.resolve() / "state" / "snapshot.sqlite"
+    assert f"argv={link_dir}/listfilter-deliver --snapshot {snapshot} --sender" in proc.stdout
+    assert master_programs(proc.stdout) == [str(link_dir / n) for n in MAIL_COMMANDS]
+
+
+def test_postfix_config_finds_the_mail_commands_behind_a_lone_symlink(example_config, tmp_path):
+    """/usr/local/bin/listfilter linked alone: master.cf must name commands that exist."""
+    venv_bin = Path(sys.executable).parent
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "listfilter").symlink_to(venv_bin / "listfilter")
+    proc = subprocess.run([str(tmp_path / "bin" / "listfilter"), "--config", str(example_config), "postfix-config"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    programs = master_programs(proc.stdout)
+    assert [Path(p).name for p in programs] == list(MAIL_COMMANDS)
+    assert all(Path(p).is_file() and os.access(p, os.X_OK) for p in programs), programs
