@@ -22,7 +22,6 @@ import email.parser
 import email.policy
 import hmac
 import logging
-import re
 import secrets
 import time
 import zoneinfo
@@ -295,15 +294,12 @@ def create_app(config: Config) -> Flask:
 
     @app.get("/bounces")
     def bounce_list():
-        """Bounce scores and suppressed addresses (read from the spool)."""
-        from . import bounces as B
+        """Bounce scores and suppressed addresses, as the store has them (sync scores; this only reads)."""
+        from ..store import bounces as B
 
-        spool = config.site.spool_dir
-        suppressed = B.suppressed(spool)
-        states = sorted(B.all_states(spool), key=lambda s: (s["address"] not in suppressed, -s["score"],
-                                                             s["address"]))
-        return render("web/bounces.html.j2", states=states, suppressed=suppressed, threshold=B.THRESHOLD,
-                      ingest_warning=g.ingest_warning)
+        notices = {n.address: n for n in B.notices(g.store)}  # oldest first: the latest one wins
+        return render("web/bounces.html.j2", scores=B.scores(g.store), notices=notices,
+                      threshold=B.THRESHOLD, stale_after=B.STALE_AFTER_DAYS, ingest_warning=g.ingest_warning)
 
     @app.errorhandler(404)
     def not_found(exc):

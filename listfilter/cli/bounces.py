@@ -1,19 +1,29 @@
-"""`bounces` and `bounces clear`: bounce scores and suppressed addresses."""
+"""`bounces` and `bounces clear`: bounce scores and suppressed addresses, from the store.
+
+Scoring is sync's (:mod:`listfilter.store.bounces`); these commands only read
+the store, or lift one suppression. A store that cannot be used is a
+StoreError, which the command group reports as one line with exit status 1.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
 from . import cli, fail, load_config
 
-# ---------------------------------------------------------------- bounces
 
+def _open(ctx):
+    from ..store import database as ST
 
-def _spool_dir(ctx) -> Path:
-    return load_config(ctx).site.spool_dir
+    store = ST.open_store(load_config(ctx).store)
+    try:
+        store.require_current()
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 @cli.group(invoke_without_command=True)
@@ -23,35 +33,61 @@ def bounces(ctx, as_json):
     """Show bounce scores and suppressed addresses.
 
     An address whose mail bounces permanently on 5 different days (with no
-    gap of more than 7 days) is suppressed: no list sends to it until
-    `listfilter bounces clear ADDRESS`.
+    gap of more than 7 days) is suppressed: no list sends to it, and the
+    owners of the list it bounced from get one notice, until
+    `listfilter bounces clear ADDRESS`. `listfilter sync` does the scoring.
     """
     if ctx.invoked_subcommand is not None:
         return
-    from . import bounces as B
+    from ..store import bounces as B
 
-    spool = _spool_dir(ctx)
-    states = B.all_states(spool)
-    suppressed = B.suppressed(spool)
+    with _open(ctx) as store:
+        scores, notices = B.scores(store), B.notices(store)
     if as_json:
-        click.echo(json.dumps({"scores": states, "suppressed": sorted(suppressed)}, indent=2))
+        click.echo(json.dumps({"scores": [s.as_json() for s in scores],
+                               "suppressed": sorted(s.address for s in scores if s.suppressed),
+                               "notices": [n.as_json() for n in notices]}, indent=2))
         return
-    if not states and not suppressed:
+    if not scores:
         click.echo("no bounces recorded")
-    for s in states:
-        mark = "SUPPRESSED" if s["address"] in suppressed else ""
-        click.echo(f"{s['address']}\tscore {s['score']}\tlast {s['last_bounce']}\t"
-                   f"{', '.join(s.get('lists', []))}\t{mark}".rstrip())
+    latest = {n.address: n for n in notices}  # oldest first: the last one wins
+    for s in scores:
+        line = (f"{s.address}\tscore {s.score}\tlast {s.last_bounce.isoformat() if s.last_bounce else '-'}\t"
+                f"{', '.join(s.lists)}")
+        if s.suppressed:
+            line += f"\tSUPPRESSED ({s.reason}){_notice_state(latest.get(s.address))}"
+        click.echo(line)
+
+
+def _notice_state(notice) -> str:
+    if notice is None:
+        return ""
+    if notice.status == "sent":
+        return "; owners told"
+    if notice.status == "owed":
+        tried = f", {notice.attempts} failed attempt(s): {notice.last_error}" if notice.attempts else ""
+        return f"; owners' notice owed{tried}"
+    return f"; owners' notice dropped: {notice.last_error}"
 
 
 @bounces.command("clear")
 @click.argument("address")
 @click.pass_context
 def bounces_clear(ctx, address):
-    """Lift the suppression of ADDRESS and forget its bounce score."""
-    from . import bounces as B
+    """Lift the suppression of ADDRESS and forget its bounce score.
 
-    if B.clear(_spool_dir(ctx), address):
-        click.echo(f"{address.lower()}: suppression lifted, score cleared")
+    The store changes at once; the lists send to ADDRESS again from the next
+    `listfilter sync`, which installs a snapshot without it.
+    """
+    from ..store import bounces as B
+
+    address = address.strip().lower()
+    with _open(ctx) as store:
+        was = B.clear(store, address)
+    if was is None:
+        fail(f"no bounce score for {address}")
+    if was.suppressed:
+        click.echo(f"{address}: suppression lifted, score {was.score} cleared;"
+                   " the lists send to it again after the next `listfilter sync`")
     else:
-        fail(f"no bounce record for {address.lower()}")
+        click.echo(f"{address}: score {was.score} cleared (it was not suppressed)")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..common.errors import ListfilterError
-from ..common.events import STATUSES, Event
+from ..common.events import Event
 from ..common.paths import SERVICE_USER
 from ..sync.config import StoreSettings
 from . import migrations as MG

@@ -36,7 +36,7 @@ from pathlib import Path
 from ..common import events as EV
 from ..common.spool import BAD, CLAIMED, EVENTS, pending_events
 from ..sync.config import Config, StoreSettings
-from .database import Entry, Store, StoreError, _give, _owner_of, entry_of, open_store
+from .database import Entry, Store, StoreError, _first_line, _give, _owner_of, entry_of, open_store
 
 log = logging.getLogger("listfilter.store")
 

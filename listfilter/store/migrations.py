@@ -13,7 +13,9 @@ column); it is written with IF NOT EXISTS so that a database that already
 holds the seed's table adopts it. Version 2 adds what listfilter records on
 top: the sender's name, the full recipient list, the queue id and the body.
 Version 3 adds the ``discarded`` status (loops and duplicates), the rule that
-decided and the SMTP client of a refusal at RCPT time.
+decided and the SMTP client of a refusal at RCPT time. Version 4 adds bounce
+scoring (:mod:`listfilter.store.bounces`): one score per address, the bounce
+records already counted, and the notices owed to list owners.
 
 Never edit a released migration: add a new one.
 """
@@ -149,6 +151,82 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TYPE mail_log_status ADD VALUE IF NOT EXISTS 'discarded'",
             "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS rule text NOT NULL DEFAULT ''",
             "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS client_address text NOT NULL DEFAULT ''",
+        ),
+    ),
+    Migration(
+        4, "bounce scores, counted bounce records, owner notices",
+        # Days are site-local dates (ISO text on SQLite); times are UTC without a zone, as in mail_logs.
+        sqlite=(
+            """CREATE TABLE bounce_scores (
+                address TEXT PRIMARY KEY,
+                score INTEGER NOT NULL DEFAULT 0,
+                last_bounce TEXT,
+                lists TEXT NOT NULL DEFAULT '[]',
+                suppressed INTEGER NOT NULL DEFAULT 0,
+                suppressed_at TEXT,
+                suppressed_reason TEXT NOT NULL DEFAULT '',
+                updated_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE bounce_records (
+                id TEXT PRIMARY KEY,
+                list_address TEXT NOT NULL,
+                day TEXT NOT NULL,
+                received_at TEXT NOT NULL,
+                addresses TEXT NOT NULL DEFAULT '[]',
+                queue_id TEXT NOT NULL DEFAULT '',
+                counted_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX bounce_records_counted_at_idx ON bounce_records (counted_at)",
+            """CREATE TABLE bounce_notices (
+                id INTEGER PRIMARY KEY,
+                address TEXT NOT NULL,
+                list_address TEXT NOT NULL,
+                score INTEGER NOT NULL,
+                last_bounce TEXT NOT NULL,
+                lists TEXT NOT NULL DEFAULT '[]',
+                status TEXT NOT NULL DEFAULT 'owed' CHECK (status IN ('owed', 'sent', 'dropped')),
+                attempts INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT NOT NULL DEFAULT '',
+                created_at TEXT NOT NULL,
+                sent_at TEXT
+            )""",
+            "CREATE INDEX bounce_notices_status_idx ON bounce_notices (status, id)",
+        ),
+        postgresql=(
+            """CREATE TABLE bounce_scores (
+                address text PRIMARY KEY,
+                score integer NOT NULL DEFAULT 0,
+                last_bounce date,
+                lists jsonb NOT NULL DEFAULT '[]'::jsonb,
+                suppressed boolean NOT NULL DEFAULT false,
+                suppressed_at timestamp,
+                suppressed_reason text NOT NULL DEFAULT '',
+                updated_at timestamp NOT NULL
+            )""",
+            """CREATE TABLE bounce_records (
+                id text PRIMARY KEY,
+                list_address text NOT NULL,
+                day date NOT NULL,
+                received_at timestamp NOT NULL,
+                addresses jsonb NOT NULL DEFAULT '[]'::jsonb,
+                queue_id text NOT NULL DEFAULT '',
+                counted_at timestamp NOT NULL
+            )""",
+            "CREATE INDEX bounce_records_counted_at_idx ON bounce_records (counted_at)",
+            """CREATE TABLE bounce_notices (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                address text NOT NULL,
+                list_address text NOT NULL,
+                score integer NOT NULL,
+                last_bounce date NOT NULL,
+                lists jsonb NOT NULL DEFAULT '[]'::jsonb,
+                status text NOT NULL DEFAULT 'owed' CHECK (status IN ('owed', 'sent', 'dropped')),
+                attempts integer NOT NULL DEFAULT 0,
+                last_error text NOT NULL DEFAULT '',
+                created_at timestamp NOT NULL,
+                sent_at timestamp
+            )""",
+            "CREATE INDEX bounce_notices_status_idx ON bounce_notices (status, id)",
         ),
     ),
 )
