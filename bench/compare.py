@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: listfilter vs Postfix's own delivery vs Mailman 3 and mlmmj.
 
-One command, as root, from the checkout (docs/performance.md explains every
-figure)::
+One command, as root, from the top of the checkout (docs/performance.md
+explains every figure); ``bench`` and ``tests`` are imported as packages::
 
-    .venv/bin/python bench/compare.py [--runs 5] [--json results.json] [--only P1,P2,...]
+    .venv/bin/python -m bench.compare [--runs 5] [--json results.json] [--only P1,P2,...]
 
 It builds everything it measures in a throw-away directory under /tmp:
 
-- a private Postfix instance on loopback (tests/postfix_instance.py: its own
+- a private Postfix instance on loopback (tests/harness/postfix.py: its own
   config and queue directories; the host's Postfix configuration is never
   used — only its ``alternate_config_directories`` gets our directory for the
   run, as every test does, and the harness checks afterwards that main.cf and
@@ -29,8 +29,11 @@ mlmmj and mailman3 are installed with apt-get when missing. A system that
 cannot be set up is reported as ``unavailable: <reason>``; nothing is
 estimated. Scenarios (issue 6): P1/P1b the filter process alone, P2 one post
 through Postfix, P3 500 posts to 10 lists at once, P4 sync of 50,000 roster
-rows, P5 listfilter against Mailman 3 and mlmmj. Runs alternate the systems
-(rotating their order every round) so machine drift hits all of them alike.
+rows, P5 listfilter against Mailman 3 and mlmmj, P6 a burst: 200 posts
+released at once with master.cf's ``maxproc`` at 4 and at 100 (how many
+``listfilter-deliver`` processes run at once, their memory, the time to
+drain). Runs alternate the systems (rotating their order every round) so
+machine drift hits all of them alike.
 """
 
 from __future__ import annotations
@@ -54,13 +57,11 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from tests.postfix_instance import (  # noqa: E402
+from tests.harness.postfix import (
     POSTMAP, PostfixInstance, ensure_user, free_port, make_traversable, register_alternate_config_dir,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 HOST_POSTFIX = Path("/etc/postfix")
 PG_ADMIN_DSN = os.environ.get("LISTFILTER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -218,7 +219,10 @@ class Accounting:
 
 
 class MemorySampler:
-    """Peak resident memory (sum over a group's processes) while it runs, sampled every 2 ms (plus the time a scan of /proc takes)."""
+    """Peak resident memory (sum over a group's processes) while it runs.
+
+    Sampled every 2 ms, plus the time a scan of /proc takes.
+    """
 
     def __init__(self, acct: Accounting, interval: float = 0.002):
         self.acct, self.interval = acct, interval
@@ -439,7 +443,7 @@ class Site:
                           f'exec /usr/sbin/sendmail -G -i -XV -f "$1-bounces@pipe.bench.test" -- $(cat "{b}/fanout/$1")\n')
         fanout.chmod(0o755)
         lf_config = self.setup_listfilter_config()
-        from listfilter import config as C, postfixconf
+        from listfilter.sync import config as C, postfixconf
 
         config = C.load(lf_config)
         settings = {}
@@ -1053,6 +1057,133 @@ posters = ["{POSTER}"]
     return out
 
 
+def filter_processes(name: str = "listfilter-deliver") -> tuple[int, int]:
+    """(how many, total RSS bytes) of the ``name`` processes pipe(8) is running now.
+
+    Only those whose parent is a pipe daemon: a filter's own child between
+    fork and exec (its sendmail) still shows the filter's command line.
+    """
+    table = _proc_table()
+    count = rss = 0
+    for pid, (ppid, comm, _cpu, size) in table.items():
+        # comm is the script's name cut to 15 characters (or the interpreter's); the command line says which
+        if not (name.startswith(comm) or comm.startswith("python")) or table.get(ppid, (0, ""))[1] != "pipe":
+            continue
+        if name in _cmdline(pid):
+            count += 1
+            rss += size
+    return count, rss
+
+
+class ProcessSampler:
+    """The peak number of filter processes running at once, and their peak total RSS, sampled every 5 ms."""
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self.peak_count = self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            count, rss = filter_processes()
+            self.peak_count = max(self.peak_count, count)
+            self.peak_rss = max(self.peak_rss, rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def scenario_p6(site: Site, runs: int, posts: int, maxprocs: list[int]) -> dict:
+    """A burst: ``posts`` posts to P3's ten lists, held in the queue, then released at once.
+
+    While they are injected, smtpd puts every message on hold (the HOLD
+    action of access(5)); ``postsuper -H ALL`` and ``postqueue -f`` then
+    release them together. For each ``maxproc`` of the listfilter pipe
+    (master.cf, set with ``postconf -F``): the peak number of
+    listfilter-deliver processes at once (sampled from /proc), their peak
+    total RSS, and the time from the release until the sink has every copy.
+    """
+    from listfilter.sync import config as C
+
+    pf = site.pf
+    config = C.load(site.lf_config)
+    field = f"{config.site.transport}/unix/process_limit"  # master.cf's maxproc column, as postconf -F names it
+    members = p3_members()
+    timeout = ARGS.p6_timeout
+    results: dict[int, list[dict]] = {m: [] for m in maxprocs}
+
+    def burst(maxproc: int) -> dict:
+        pf.postconf("-F", "-e", f"{field}={maxproc}")
+        pf.set_main_cf(smtpd_data_restrictions="check_client_access static:HOLD")
+        pf.reload()
+        ids = [f"{uuid.uuid4().hex}@bench.test" for _ in range(posts)]
+        per_list: dict[int, list[bytes]] = {k: [] for k in range(P3_LISTS)}
+        for i, msgid in enumerate(ids):
+            k = i % P3_LISTS
+            per_list[k].append(message(site.lists[("listfilter", f"p3-{k}")], msgid, body_lines=10))
+        errors: list[str] = []
+
+        def worker(k: int) -> None:
+            try:
+                with smtplib.SMTP("127.0.0.1", site.port("listfilter"), timeout=120) as smtp:
+                    for raw in per_list[k]:
+                        smtp.sendmail(POSTER, [site.lists[("listfilter", f"p3-{k}")]], raw)
+            except Exception as exc:  # noqa: BLE001 - reported
+                errors.append(f"list {k}: {exc}")
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(P3_LISTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        held = pf.wait_queue(lambda q: sum(e["queue_name"] == "hold" for e in q) >= posts, timeout=120)
+        pf.postconf("-X", "smtpd_data_restrictions")
+        pf.reload()
+        with ProcessSampler() as sampler:
+            t0 = time.monotonic()
+            pf.postsuper("-H", "ALL")
+            pf.flush()
+            got = site.wait_sink(ids, members, t0 + timeout)
+            site.wait_idle("listfilter", time.monotonic() + 120)
+        time.sleep(0.5)  # late duplicates would show now
+        final = site.wait_sink(ids, members, 0)
+        return {"maxproc": maxproc, "held": len(held), "drain_s": (got["last"] - t0) if got["complete"] else None,
+                "peak_processes": sampler.peak_count, "peak_rss_mb": sampler.peak_rss / 2**20,
+                "delivered": final["unique"], "expected": members * posts, "duplicates": final["dups"],
+                "errors": errors}
+
+    try:
+        for r, m in rounds([str(m) for m in maxprocs], runs):
+            row = burst(int(m))
+            log(f"  P6 maxproc {m:>4} run {r + 1}: drained in {row['drain_s'] and round(row['drain_s'], 2)} s,"
+                f" {row['peak_processes']} listfilter-deliver at once, {row['peak_rss_mb']:.0f} MB,"
+                f" {row['delivered']}/{row['expected']} delivered, {row['duplicates']} dup"
+                + (f", errors: {row['errors'][:2]}" if row["errors"] else ""))
+            results[int(m)].append(row)
+    finally:
+        pf.postconf("-X", "smtpd_data_restrictions")
+        pf.postconf("-F", "-e", f"{field}={config.postfix.maxproc}")
+        pf.reload()
+    out = {"posts": posts, "lists": P3_LISTS, "members": members, "maxprocs": {}}
+    for m, rows in results.items():
+        out["maxprocs"][str(m)] = {
+            "drain_s": median(r["drain_s"] for r in rows),
+            "peak_processes": max(r["peak_processes"] for r in rows),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
+            "delivered": min(r["delivered"] for r in rows), "expected": rows[0]["expected"],
+            "duplicates": max(r["duplicates"] for r in rows), "runs": len(rows),
+            "errors": [e for r in rows for e in r["errors"]][:5],
+        }
+    return out
+
+
 # ---------------------------------------------------------------------------
 # report
 
@@ -1124,6 +1255,15 @@ def report(results: dict, site_unavailable: dict[str, str]) -> str:
         for n in p4["notes"]:
             add(f"    {n}")
         add("")
+    if "P6" in results:
+        p6 = results["P6"]
+        add(f"P6: a burst of {p6['posts']} posts to {p6['lists']} lists ({p6['members']} members each), held in the"
+            " queue and released at once")
+        add(f"  {'maxproc':>7}{'drain':>9}{'deliver at once':>17}{'their RSS':>11}  delivered / duplicated")
+        for m, r in p6["maxprocs"].items():
+            add(f"  {m:>7}{fmt_s(r['drain_s']):>9}{r['peak_processes']:>17}{r['peak_rss_mb']:>8.0f} MB"
+                f"  {r['delivered']}/{r['expected']} / {r['duplicates']}")
+        add("")
     if "goals" in results:
         add("Goals")
         for g in results["goals"]:
@@ -1164,6 +1304,11 @@ def goals(results: dict) -> list[dict]:
         out.append({"id": "P4", "what": "unchanged re-sync <= 0.5 s, no postmap, no reload",
                     "value": fmt_s(p4["unchanged"]["time_s"]),
                     "met": p4["unchanged"]["time_s"] <= 0.5 and p4["unchanged_clean"]})
+    if "P6" in results:
+        for m, r in results["P6"]["maxprocs"].items():
+            ok = r["peak_processes"] <= int(m) and r["delivered"] == r["expected"] and r["duplicates"] == 0
+            out.append({"id": "P6", "what": f"maxproc {m}: at most {m} filters at once, all delivered once",
+                        "value": f"{r['peak_processes']} at once, {r['delivered']}/{r['expected']}", "met": ok})
     if "fanout" in results:
         for size in ("1000", "2"):
             rows = results["fanout"].get(size, {})
@@ -1200,7 +1345,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5, help="timed runs per system and scenario (default 5)")
     p.add_argument("--p1-runs", type=int, default=21, help="runs for P1/P1b (default 21)")
-    p.add_argument("--only", default="P1,P2,P3,P4,P5", help="scenarios to run, comma-separated")
+    p.add_argument("--only", default="P1,P2,P3,P4,P5,P6", help="scenarios to run, comma-separated")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="systems to compare, comma-separated")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="list sizes for P2/P5")
     p.add_argument("--slow-at-10000", default="mailman",
@@ -1208,6 +1353,9 @@ def main() -> int:
     p.add_argument("--p3-members", type=int, default=20, help="members of each of P3's 10 lists")
     p.add_argument("--p3-systems", default="a,a',listfilter,mailman,mlmmj")
     p.add_argument("--p3-timeout", type=float, default=900)
+    p.add_argument("--p6-posts", type=int, default=200, help="posts in P6's burst (default 200)")
+    p.add_argument("--p6-maxprocs", default="4,100", help="master.cf maxproc values P6 compares (default 4,100)")
+    p.add_argument("--p6-timeout", type=float, default=900)
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (everything is still stopped)")
     args = ARGS = p.parse_args()
@@ -1232,8 +1380,8 @@ def main() -> int:
             log("P1/P1b: the filter alone")
             # its own small process: a child forked from this (large) one would
             # report this process's memory as its peak RSS
-            out = run([sys.executable, str(REPO / "bench" / "deliver_bench.py"), "--runs", str(args.p1_runs),
-                       "--json"]).stdout
+            out = run([sys.executable, "-m", "bench.deliver_bench", "--runs", str(args.p1_runs), "--json"],
+                      cwd=REPO).stdout
             results["P1"] = json.loads(out)
         log("installing listfilter from a wheel into a fresh virtualenv")
         bindir = production_install(base)
@@ -1257,6 +1405,10 @@ def main() -> int:
         if "P4" in only:
             log("P4: sync of 50,000 roster rows")
             results["P4"] = scenario_p4(site, args.runs)
+        if "P6" in only and "listfilter" in avail:
+            log(f"P6: a burst of {args.p6_posts} posts, maxproc {args.p6_maxprocs}")
+            results["P6"] = scenario_p6(site, max(1, min(args.runs, 3)), args.p6_posts,
+                                        [int(m) for m in args.p6_maxprocs.split(",")])
         results["unavailable"] = dict(site.unavailable)
         results["goals"] = goals(results)
     finally:

@@ -7,7 +7,7 @@ SMTP connections. Prints transactions per second and the sink's CPU time per
 transaction. bench/compare.py uses the faster one; docs/performance.md quotes
 this.
 
-    .venv/bin/python bench/sinkspeed.py [--transactions 4000]
+    .venv/bin/python -m bench.sinkspeed [--transactions 4000]     (from the top of the checkout)
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.harness.postfix import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 MSG = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: x\r\nMessage-ID: <x@y>\r\n\r\n" + b"body line\r\n" * 40
 
+# run with the checkout as the working directory, so that tests.harness imports as a package
 AIOSMTPD = """
-import sys, time
-sys.path.insert(0, {repo!r})
-from tests.smtpsink import SMTPSink
+import sys
+from tests.harness.smtpsink import SMTPSink
 with SMTPSink(port={port}) as sink:
     print("ready", flush=True)
     sys.stdin.read()
@@ -48,7 +50,7 @@ def cpu_of(pid: int) -> float:
 
 
 def measure(name: str, argv: list[str], port: int, total: int, clients: int = 4) -> None:
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO)
     assert proc.stdout.readline().strip() == b"ready"
     try:
         cpu0, t0 = cpu_of(proc.pid), time.perf_counter()
@@ -66,11 +68,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--transactions", type=int, default=4000)
     args = p.parse_args()
-    sys.path.insert(0, str(REPO))
-    from tests.postfix_instance import free_port
-
     port = free_port()
-    measure("aiosmtpd", [sys.executable, "-c", AIOSMTPD.format(repo=str(REPO), port=port)], port, args.transactions)
+    measure("aiosmtpd", [sys.executable, "-c", AIOSMTPD.format(port=port)], port, args.transactions)
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         measure("fastsink", [sys.executable, str(REPO / "bench" / "fastsink.py"), "--port", str(port),

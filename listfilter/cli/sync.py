@@ -10,12 +10,16 @@ from pathlib import Path
 
 import click
 
+from ..common.paths import SERVICE_USER
 from ..sync import compiler as K
 from ..sync import config as C
 from ..sync import maps as M
 from ..sync import roster as R
 from ..sync import run as Y
 from . import cli, fail, load_config
+
+#: Overrides --user's default (e.g. ``root`` for a sync that must not divide itself).
+SYNC_USER_ENV = "LISTFILTER_SYNC_USER"
 
 # ---------------------------------------------------------------- sync
 
@@ -24,21 +28,28 @@ from . import cli, fail, load_config
 @click.option("--dry-run", is_flag=True, help="Write nothing; print a diff of every map and of the snapshot summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print one line per list.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but warnings and errors (for cron).")
+@click.option("--user", metavar="NAME", default=SERVICE_USER, show_default=True, envvar=SYNC_USER_ENV,
+              show_envvar=True, help="When run as root, do all but installing the Postfix maps and"
+              " reloading as this user (the one master.cf runs the mail side as); `root` keeps all of it as root.")
 @click.pass_context
-def sync(ctx, dry_run, verbose, quiet):
+def sync(ctx, dry_run, verbose, quiet, user):
     """Compile the roster into the snapshot and Postfix maps.
 
     Writes only what changed (atomically), runs postmap for changed maps and
     `postfix reload` when a map changed. If the roster or the config cannot be
-    read, nothing is touched and the exit status is non-zero.
+    read, nothing is touched and the exit status is non-zero. Run as root, it
+    reads the roster and writes the snapshot, the spool and the mail log as
+    --user, and keeps root for the maps and the reload (docs/operations.md).
     """
+    from ..sync import privilege as P
+
     config = load_config(ctx)
     if dry_run:
-        plan = Y.plan(config)
-        _print_dry_run(config, plan)
+        text = P.as_user(user, lambda: _dry_run_text(config), reads=(config.site.state_dir, config.site.map_dir))
+        click.echo(text, nl=False)
         return
     started = time.monotonic()
-    result = Y.run(config)
+    result = Y.run(config, user)
     for warning in result.warnings:
         click.echo(f"listfilter: warning: {warning}", err=True)
     if quiet:
@@ -46,31 +57,42 @@ def sync(ctx, dry_run, verbose, quiet):
     for note in result.notes:
         click.echo(note)
     plan = result.plan
+    count, members, summary = _shown(result)
     if verbose:
-        for line in Y.snapshot_summary(plan.lists):
+        for line in summary:
             click.echo(line, nl=False)
     what = []
     if plan.snapshot_changed:
         what.append("snapshot")
     what.extend(f"map {n}" for n in plan.maps_changed)
-    members = sum(len(l.members) for l in plan.lists)
     status = ("updated " + ", ".join(what)) if what else "unchanged"
     reload_note = "; postfix reloaded" if result.reloaded else ""
-    click.echo(f"sync: {len(plan.lists)} lists, {members} memberships: {status}{reload_note}"
+    click.echo(f"sync: {count} lists, {members} memberships: {status}{reload_note}"
                f" ({time.monotonic() - started:.2f} s)")
 
 
-def _print_dry_run(config: C.Config, plan: Y.Plan) -> None:
+def _shown(result: Y.Result) -> tuple[int, int, list[str]]:
+    """(lists, memberships, one line per list) of a sync; a divided sync's root has only these."""
+    from ..sync import privilege as P
+
+    if isinstance(result, P.Divided):
+        return result.list_count, result.memberships, result.summary
+    lists = result.plan.lists
+    return len(lists), sum(len(l.members) for l in lists), Y.snapshot_summary(lists)
+
+
+def _dry_run_text(config: C.Config) -> str:
+    """What ``sync --dry-run`` prints: it reads the roster, so it runs as --user (a string crosses the pipe)."""
     import difflib
 
-    click.echo(M.diff(config, plan.maps), nl=False)
+    plan = Y.plan(config)
     old = Y.installed_summary(config)
     new = Y.snapshot_summary(plan.lists)
     snap = str(config.site.snapshot_path)
-    click.echo("".join(difflib.unified_diff(old, new, fromfile=snap if old else "/dev/null",
-                                            tofile=snap + " (summary)")), nl=False)
     changes = (["snapshot"] if plan.snapshot_changed else []) + plan.maps_changed
-    click.echo(f"dry run: would update {', '.join(changes)}" if changes else "dry run: nothing would change")
+    return (M.diff(config, plan.maps)
+            + "".join(difflib.unified_diff(old, new, fromfile=snap if old else "/dev/null", tofile=snap + " (summary)"))
+            + (f"dry run: would update {', '.join(changes)}" if changes else "dry run: nothing would change") + "\n")
 
 
 @cli.command("maps")

@@ -12,11 +12,12 @@ import datetime as dt
 import fcntl
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from ..common import snapshot as S
 from ..common import spool
+from ..common.errors import ListfilterError
 from . import compiler as K
 from . import maps as M
 from . import roster as R
@@ -33,6 +34,8 @@ class Plan:
     maps: dict[str, str]
     maps_changed: list[str]
     rows: list[R.Enrollment] | None = field(default=None, repr=False)
+    #: Addresses no list sends to, with the reason (bounce scoring: :mod:`listfilter.store.bounces`).
+    suppressed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,15 +50,25 @@ class Result:
         return self.plan.snapshot_changed or bool(self.plan.maps_changed)
 
 
-def plan(config: Config, rows: list[R.Enrollment] | None = None) -> Plan:
-    """Read the roster (unless rows are given) and compare with what is installed."""
+def plan(config: Config, rows: list[R.Enrollment] | None = None,
+         suppressed: dict[str, str] | None = None) -> Plan:
+    """Read the roster (unless rows are given) and compare with what is installed.
+
+    ``suppressed`` is what bounce scoring says no list may send to; without
+    it the store is read (nothing is ingested), which is what a dry run
+    shows. It is part of the digest: a new suppression changes the snapshot.
+    """
     if rows is None:
         rows = R.load(config)
         if not rows and any(l.members_query for l in config.lists.values()):
             # A truncated export or an emptied table would silently empty every list.
             raise R.RosterError("the roster returned no enrollments at all; refusing to empty every list")
     lists = K.compile_lists(config, rows)
-    digest = K.digest(lists, K.site_settings(config))
+    if suppressed is None:
+        from ..store.bounces import before_sync
+
+        suppressed = before_sync(config, ingest=False).suppressed
+    digest = K.digest(lists, K.site_settings(config), suppressed)
     maps = M.render(config, lists)
     return Plan(
         lists=lists,
@@ -64,6 +77,7 @@ def plan(config: Config, rows: list[R.Enrollment] | None = None) -> Plan:
         maps=maps,
         maps_changed=M.changed(config, maps),
         rows=rows,
+        suppressed=suppressed,
     )
 
 
@@ -76,14 +90,14 @@ def apply(config: Config, p: Plan) -> Result:
             "digest": p.digest,
             "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": str(config.path),
-        })
+        }, suppressed=p.suppressed)
     pending = config.site.state_dir / "reload-pending"
     if p.maps_changed:
         M.install(config, p.maps, p.maps_changed)
     if config.postfix.reload and (p.maps_changed or pending.exists()):
         # The marker makes the next sync retry a reload that failed, even
         # though the maps will then look unchanged.
-        pending.touch()
+        os.close(os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))  # root, in a shared directory
         warning = M.reload(config)
         if warning:
             result.warnings.append(warning)
@@ -93,24 +107,46 @@ def apply(config: Config, p: Plan) -> Result:
     return result
 
 
-def run(config: Config) -> Result:
+def run(config: Config, user: str | None = None, *, install=None) -> Result:
     """One whole sync, serialised against other syncs by a lock file.
+
+    Run as root with ``user`` (the CLI passes the service user, ``listfilter``),
+    sync is divided (:mod:`listfilter.sync.privilege`): root takes the lock and
+    installs the Postfix tables; a child running as ``user`` calls this again
+    with ``install``, its stand-in for :func:`apply`, and does all the rest
+    under its parent's lock. Without ``user``, or not root, all of it runs here.
 
     The mail log (spool ingest and retention, :func:`listfilter.store.ingest.after_sync`)
     comes last, once the snapshot and the maps are installed: a store that is
     down or not yet set up only adds a warning and leaves the exit status alone,
     because the mail keeps flowing and the events wait in the spool for the
     next sync. ``listfilter check`` reports such a store as a problem.
+
+    Bounces come first and last (:mod:`listfilter.store.bounces`): the spool's
+    bounce records are scored before compiling, so a new suppression is in
+    this snapshot (a store that cannot be used keeps the installed snapshot's
+    suppressed set); the owner notices owed go out once it is installed.
     """
-    with lock(config):
-        p = plan(config)
-        result = apply(config, p)
+    if install is None and user is not None and os.geteuid() == 0:
+        from . import privilege as P
+
+        if P.drops(user):
+            return P.run_as(config, P.account(user))
+    with lock(config) if install is None else nullcontext():
+        bounces = _score_bounces(config)
+        p = plan(config, suppressed=bounces.suppressed)
+        result = (install or apply)(config, p)
+        result.notes.extend(bounces.notes)
+        result.warnings.extend(bounces.warnings)
         try:
             from ..store.ingest import after_sync
 
             notes, warnings = after_sync(config, p.rows)
         except Exception as exc:  # never let the log undo or hide a good sync
             notes, warnings = [], [f"mail log not updated: internal error ({type(exc).__name__}: {exc})"]
+        result.notes.extend(notes)
+        result.warnings.extend(warnings)
+        notes, warnings = _notify_owners(config, p) if bounces.store_ok else ([], [])
         result.notes.extend(notes)
         result.warnings.extend(warnings)
         try:
@@ -120,14 +156,49 @@ def run(config: Config) -> Result:
         return result
 
 
+def _score_bounces(config: Config):
+    """Score the spool's bounce records in the store and read the suppressed set, before compiling.
+
+    Any failure keeps the installed snapshot's suppressed set: an address is
+    never sent to again only because scoring could not run.
+    """
+    from ..store import bounces as B
+
+    try:
+        return B.before_sync(config)
+    except Exception as exc:  # never let scoring stop the roster from reaching the lists
+        kept = B.installed_suppressed(config)
+        return B.BounceSync(kept, warnings=[f"bounces not scored: internal error ({type(exc).__name__}: {exc});"
+                                            f" keeping the installed snapshot's {len(kept)} suppressed address(es)"],
+                            store_ok=False)
+
+
+def _notify_owners(config: Config, p: Plan) -> tuple[list[str], list[str]]:
+    """Send the owner notices owed for suppressions now in the installed snapshot (retried until sent)."""
+    try:
+        from ..store.bounces import after_sync
+
+        return after_sync(config, p.lists, p.suppressed)
+    except Exception as exc:  # the snapshot is installed: a notice problem must not undo the sync
+        return [], [f"bounces: owner notices not sent: internal error ({type(exc).__name__}: {exc})"]
+
+
 @contextmanager
 def lock(config: Config):
-    """An exclusive lock in the state directory; a second sync waits for the first."""
+    """An exclusive lock in the state directory; a second sync waits for the first.
+
+    Yields the descriptor (a divided sync keeps it from its child). Never
+    through a symlink: the service user may create names in the state directory.
+    """
     config.site.state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(config.site.state_dir / "sync.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    path = config.site.state_dir / "sync.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ListfilterError(f"cannot open the lock {path}: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
