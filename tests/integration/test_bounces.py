@@ -15,8 +15,6 @@ import datetime as dt
 import email
 import email.policy
 import json
-import os
-import pwd
 import subprocess
 import sys
 import time
@@ -28,11 +26,11 @@ from listfilter.common.snapshot import Snapshot
 from listfilter.store import bounces as B
 from listfilter.store import database as ST
 from listfilter.sync import config as C
-from listfilter.sync import postfixconf
 
 from ..conftest import roster_database
 from ..harness.postfix import PostfixInstance, ensure_user, swaks, traversable_tmpdir
 from ..harness.smtpsink import SMTPSink
+from ..harness.wiring import install_programs, listfilter_spool, wire
 
 pytestmark = pytest.mark.integration
 
@@ -105,10 +103,7 @@ class Site:
 def site():
     ensure_user("listfilter")
     with traversable_tmpdir() as base, roster_database() as dsn, SMTPSink() as sink:
-        program = base / "bin" / "listfilter"
-        program.parent.mkdir()
-        for name in ("listfilter", "listfilter-deliver", "listfilter-bounce", "listfilter-policy"):
-            (program.parent / name).symlink_to(Path(sys.executable).parent / name)
+        program = install_programs(base / "bin")
         pf = PostfixInstance(base / "postfix", relay_port=sink.port)
         wrapper = base / "bin" / "sendmail"
         wrapper.write_text(SENDMAIL_WRAPPER.format(config_dir=pf.config_dir))
@@ -128,20 +123,7 @@ dsn = "{dsn}"
 [store]
 dsn = "{dsn}"
 {LISTS}""")
-        config = C.load(config_path)
-        settings = {}
-        for line in postfixconf.main_cf(config, str(program)).splitlines():
-            if " = " in line and not line.startswith("#"):
-                key, value = line.split(" = ", 1)
-                settings[key] = value
-        settings.pop("relayhost", None)  # the sink is the relay
-        settings["smtp_tls_security_level"] = "none"
-        pf.main_cf_settings.update(settings)
-        pf.master_cf_extra = postfixconf.master_cf(config, str(program))
-        pf._write_config()
-        spool = base / "state" / "spool"
-        spool.mkdir(parents=True)
-        os.chown(spool, pwd.getpwnam("listfilter").pw_uid, -1)  # the pipes run as listfilter
+        listfilter_spool(wire(pf, config_path, program))
         pf.start()
         try:
             s = Site(base, pf, sink, config_path)

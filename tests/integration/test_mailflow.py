@@ -13,8 +13,6 @@ import datetime as dt
 import email
 import email.policy
 import json
-import os
-import pwd
 import subprocess
 import sys
 import time
@@ -23,12 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from listfilter.sync import config as C
-from listfilter.sync import postfixconf
 
 from ..conftest import roster_database
 from ..harness.postfix import PostfixInstance, ensure_user, swaks, traversable_tmpdir
 from ..harness.smtpsink import SMTPSink
+from ..harness.wiring import install_programs, listfilter_spool, wire
 
 pytestmark = pytest.mark.integration
 
@@ -108,11 +105,7 @@ class Site:
 def site():
     ensure_user("listfilter")
     with traversable_tmpdir() as base, roster_database() as dsn, SMTPSink() as sink:
-        program = base / "bin" / "listfilter"
-        program.parent.mkdir()
-        # the listfilter command and, beside it, the mail commands master.cf runs
-        for name in ("listfilter", "listfilter-deliver", "listfilter-bounce", "listfilter-policy"):
-            (program.parent / name).symlink_to(Path(sys.executable).parent / name)
+        program = install_programs(base / "bin")
         wrapper = base / "bin" / "sendmail"
         wrapper.write_text(SENDMAIL_WRAPPER.format(flag=base / "FAIL"))
         wrapper.chmod(0o755)
@@ -131,24 +124,7 @@ map_type = "hash"
 [roster]
 dsn = "{dsn}"
 {LISTS}""")
-        config = C.load(config_path)
-        # main.cf and master.cf exactly as `listfilter postfix-config` renders them
-        # (but the relayhost, which is the sink)
-        settings = {}
-        for line in postfixconf.main_cf(config, str(program)).splitlines():
-            if " = " in line and not line.startswith("#"):
-                key, value = line.split(" = ", 1)
-                settings[key] = value
-        settings.pop("relayhost", None)
-        settings["smtp_tls_security_level"] = "none"
-        pf.main_cf_settings.update(settings)
-        pf.master_cf_extra = postfixconf.master_cf(config, str(program))
-        pf._write_config()
-        # the filter runs as listfilter: it reads the snapshot, writes the spool
-        spool = base / "state" / "spool"
-        spool.mkdir(parents=True)
-        uid = pwd.getpwnam("listfilter").pw_uid
-        os.chown(spool, uid, -1)
+        listfilter_spool(wire(pf, config_path, program))
         probe = subprocess.run(["su", "-s", "/bin/sh", "listfilter", "-c",
                                 f"{program} --help >/dev/null && echo ok"], capture_output=True, text=True)
         assert probe.stdout.strip() == "ok", (
