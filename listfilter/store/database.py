@@ -340,13 +340,16 @@ class _SQLite(Store):
         path = settings.path
         try:
             if create and not path.exists():
+                # the log holds message bodies: not for every local user (docs/web.md
+                # says how to let the web app's own user in)
                 try:
-                    path.parent.mkdir(parents=True)
+                    path.parent.mkdir(mode=0o750, parents=True)
                     _give(path.parent, owner)
                 except FileExistsError:  # there already (or made just now by a concurrent upgrade)
                     pass
                 sqlite3.connect(path).close()
-                _give(path, owner)  # SQLite gives its -wal and -shm files the database's owner
+                os.chmod(path, 0o640)
+                _give(path, owner)  # SQLite gives its -wal and -shm files the database's owner and mode
             elif not path.exists():
                 raise StoreError(f"the store {path} does not exist: run `listfilter db upgrade`")
             self.conn = sqlite3.connect(path if create else f"file:{path}?mode=rw", uri=not create,

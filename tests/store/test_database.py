@@ -131,6 +131,20 @@ def test_upgrade_creates_the_schema_and_is_idempotent(config, backend):
             assert {"sender_name", "recipients", "queue_id", "body", "rule", "client_address"} <= set(cols)
 
 
+def test_a_new_sqlite_store_is_not_for_every_local_user(make_config):
+    """The log holds message bodies: its directory 0750, the file 0640, and so SQLite's -wal beside it."""
+    import stat
+
+    config = C.load(make_config(COURSE_LISTS, roster=CSV_ROSTER))
+    with ST.open_store(config.store, create=True) as s:
+        s.upgrade()
+        s.upsert([entry(1)])
+        path = config.store.path
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        assert stat.S_IMODE(path.with_name(path.name + "-wal").stat().st_mode) == 0o640
+
+
 def test_a_store_behind_is_refused_until_upgraded(config, config_path, monkeypatch):
     with ST.open_store(config.store, create=True) as s:
         monkeypatch.setattr(MG, "MIGRATIONS", MG.MIGRATIONS[:1])
