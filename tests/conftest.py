@@ -53,6 +53,15 @@ ROSTER_ROWS = [
 ]
 
 
+def pytest_collection_modifyitems(items):
+    """Everything under tests/integration/ (a real Postfix, Chromium, concurrent processes) and
+    every test that needs the real PostgreSQL carries the ``integration`` marker, so
+    ``-m "not integration"`` is the quick unit run and no test can forget the mark."""
+    for item in items:
+        if "integration" in item.path.parts or "pg_dsn" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 def _pg_connect(dsn: str):
     import psycopg
 
