@@ -65,11 +65,11 @@ def deliver(args: dict, raw: bytes) -> str:
         row = snap.get_list(target.list_address)
         if row is None:
             raise NoSuchList(f"<{args['recipient']}>: no such list here")
-        job = Job(args, raw, snap, row)
-        if target.kind == "bounces":
+        if target.kind == "bounces":  # the transport map sends these to listfilter-bounce
             member = verp_member(target.extension) if target.extension else None
             return (f"bounce for {row.address}{' from member ' + member if member else ''} received;"
                     " nothing sent")
+        job = Job(args, raw, snap, row)
         if target.kind in ("owner", "request"):
             return job.to_owners(target.kind)
         return job.post()
