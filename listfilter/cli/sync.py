@@ -24,6 +24,28 @@ SYNC_USER_ENV = "LISTFILTER_SYNC_USER"
 # ---------------------------------------------------------------- sync
 
 
+def _service_user(ctx: click.Context, user: str) -> str | None:
+    """The user sync divides itself for; None (undivided) on a host without the default one.
+
+    A host that has never been set up for Postfix (trying the bundled example
+    as root) has no ``listfilter`` user, and no mail side that could run as
+    it: sync says so and runs as it is. A user named with --user or
+    $LISTFILTER_SYNC_USER must exist.
+    """
+    import os
+    import pwd
+
+    if os.geteuid() != 0 or ctx.get_parameter_source("user") != click.core.ParameterSource.DEFAULT:
+        return user
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        click.echo(f"listfilter: warning: no {user!r} user on this host, so sync runs entirely as root;"
+                   " create it before Postfix runs the mail side (docs/postfix.md)", err=True)
+        return None
+    return user
+
+
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Write nothing; print a diff of every map and of the snapshot summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Also print one line per list.")
@@ -44,6 +66,7 @@ def sync(ctx, dry_run, verbose, quiet, user):
     from ..sync import privilege as P
 
     config = load_config(ctx)
+    user = _service_user(ctx, user)
     if dry_run:
         text = P.as_user(user, lambda: _dry_run_text(config), reads=(config.site.state_dir, config.site.map_dir))
         click.echo(text, nl=False)

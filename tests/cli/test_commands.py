@@ -267,3 +267,26 @@ def test_the_group_help():
     assert ran.returncode == 0 and "Roster-driven mailing lists on Postfix." in ran.stdout
     for name in cli.commands:
         assert re.search(rf"^  {re.escape(name)}\s", ran.stdout, re.M), name
+
+
+def test_sync_on_a_host_without_the_listfilter_user_runs_undivided(example_config, monkeypatch):
+    """Trying the bundled example as root on a fresh machine: no listfilter user yet, nothing to set up."""
+    import os
+    import pwd
+
+    real = pwd.getpwnam
+
+    def getpwnam(name):
+        if name == "listfilter":
+            raise KeyError(name)
+        return real(name)
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    ran = listfilter(example_config, "sync", env={"LISTFILTER_SYNC_USER": None})
+    assert ran.returncode == 0, ran.stderr
+    assert "no 'listfilter' user on this host, so sync runs entirely as root" in ran.stderr
+    assert (example_config.parent / "state" / "snapshot.sqlite").is_file()
+    # a user asked for by name must exist
+    ran = listfilter(example_config, "sync", "--user", "listfilter", env={"LISTFILTER_SYNC_USER": None})
+    assert ran.returncode == 1 and "the user 'listfilter' does not exist" in ran.stderr, ran.stderr
