@@ -5,15 +5,23 @@ login form needs an authenticated user who passes :func:`listfilter.auth.allowed
 
 - behind a single sign-on proxy, the user's address arrives in
   ``[web] proxy_header``, believed only from the ``[web] proxies`` addresses;
-- standalone, ``[web.accounts]`` holds password hashes; ``/login`` sets a
-  signed session cookie (HttpOnly, SameSite=Lax, Secure over HTTPS).
+- standalone, ``[web.accounts]`` holds password hashes; ``/login`` starts a
+  session kept on the server (:class:`listfilter.admin.auth.Sessions`) whose
+  id travels in a signed cookie (HttpOnly, SameSite=Lax, Secure over HTTPS).
+
+Who the proxy is, and so whether X-Forwarded-For, X-Forwarded-Proto and the
+user header are believed, is decided once per request by :class:`_Forwarded`
+from ``[web] proxies`` and, when set, the shared secret the proxy sends.
+waitress is told to pass those headers through untouched: its own
+``trusted_proxy`` names one address, where ``proxies`` holds networks.
 
 Every POST carries a CSRF token bound to the session. Pages contain no
 JavaScript (the Content-Security-Policy forbids it): a row opens in place with
 ``<details>``, and a message body is shown as escaped text, never as HTML.
-The app only reads: the store, and the spool's directory listing to say when
+The app only reads the store, and the spool's directory listing to say when
 the log is behind. It never writes on a GET; moving the spool into the store
 is sync's job (cron), so the app can run as a user of its own (docs/web.md).
+Its own session file is written by sign-in and sign-out (POSTs) only.
 """
 
 from __future__ import annotations
@@ -23,13 +31,16 @@ import email.policy
 import hmac
 import logging
 import secrets
+import sqlite3
+import threading
 import time
 import zoneinfo
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, abort, g, redirect, render_template, request, session, url_for
+from flask import Flask, abort, g, has_request_context, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 
 from ..common.events import STATUSES, valid_id
 from ..common.spool import pending_events
@@ -46,7 +57,7 @@ log.addHandler(logging.NullHandler())
 LIST_BODY_CHARS = 16 * 1024
 #: Recipients shown for a row on the list page.
 LIST_RECIPIENTS = 200
-#: Failed logins per client address before a pause.
+#: Failed sign-ins per client address (the real client, behind the proxy) before a pause.
 LOGIN_ATTEMPTS = 10
 LOGIN_WINDOW = 300.0
 
@@ -66,28 +77,116 @@ class _App(Flask):
 
 
 class _Sessions(SecureCookieSessionInterface):
-    """The session cookie is Secure whenever the request came over HTTPS."""
+    """Cookies signed with the current secret (:class:`SecretKey`), Secure whenever the request came over HTTPS."""
+
+    def __init__(self, key: SecretKey):
+        self.key = key
+
+    def get_signing_serializer(self, app):
+        return URLSafeTimedSerializer(self.key.current(), salt=self.salt, serializer=self.serializer,
+                                      signer_kwargs={"key_derivation": self.key_derivation,
+                                                     "digest_method": self.digest_method})
 
     def get_cookie_secure(self, app):
-        return bool(getattr(g, "https", False)) or super().get_cookie_secure(app)
+        return (has_request_context() and request.is_secure) or super().get_cookie_secure(app)
 
 
-def secret_key(web: WebSettings) -> bytes:
-    """From $LISTFILTER_WEB_SECRET, else the secret file (made on first use, mode 0600)."""
-    import os
+class _Forwarded:
+    """WSGI middleware: believe the proxy's headers only from the proxy, and say who the client is.
 
-    value = os.environ.get(web.secret_env, "")
-    if value:
-        if len(value) < 16:
+    A request is from the proxy when its peer is in ``[web] proxies`` and, with
+    ``proxy_secret_env``, it carries the secret in :data:`auth.PROXY_SECRET_HEADER`
+    (compared in constant time, then removed). From the proxy,
+    X-Forwarded-Proto sets the scheme (so the cookie is Secure behind an
+    HTTPS proxy) and X-Forwarded-For names the client; from anyone else those
+    headers are dropped, and so is the user header.
+    """
+
+    FORWARDED = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
+                 "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_BY", "HTTP_FORWARDED")
+
+    def __init__(self, app, web: WebSettings, secret: bytes | None):
+        self.app, self.web, self.secret = app, web, secret
+        self.secret_key = "HTTP_" + A.PROXY_SECRET_HEADER.upper().replace("-", "_")
+        self.user_key = "HTTP_" + web.proxy_header.upper().replace("-", "_") if web.proxy_header else None
+
+    def __call__(self, environ, start_response):
+        peer = environ.get("REMOTE_ADDR")
+        trusted = A.trusted_proxy(self.web, peer, environ.pop(self.secret_key, None), self.secret)
+        environ["listfilter.proxy"] = trusted
+        environ["listfilter.client"] = A.client_address(self.web, peer, environ.get("HTTP_X_FORWARDED_FOR"),
+                                                        trusted)
+        if trusted:
+            proto = environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[-1].strip().lower()
+            if proto in ("http", "https"):
+                environ["wsgi.url_scheme"] = proto
+        else:
+            for key in self.FORWARDED:
+                environ.pop(key, None)
+            if self.user_key and environ.pop(self.user_key, None) is not None:
+                log.warning("ignoring %s from %s: not the configured proxy", self.web.proxy_header, peer)
+        return self.app(environ, start_response)
+
+
+class SecretKey:
+    """The cookie-signing secret, re-read when its file changes: rotating it signs everyone out, no restart.
+
+    From ``$LISTFILTER_WEB_SECRET`` if set (fixed for the life of the
+    process), else from the secret file, whose inode, mtime and size are
+    compared on every request. The file is made at start-up (mode 0600); if
+    it is deleted, no cookie is valid (an in-memory key) until the next
+    sign-in, a POST, makes a new one. A GET never writes it.
+    """
+
+    def __init__(self, web: WebSettings):
+        import os
+
+        self.path = web.secret_file
+        value = os.environ.get(web.secret_env, "")
+        if value and len(value) < 16:
             raise WebError(f"${web.secret_env} is too short (at least 16 characters)")
-        return value.encode()
-    path = web.secret_file
-    try:
-        return path.read_bytes().strip() or _new_secret(path)
-    except FileNotFoundError:
-        return _new_secret(path)
-    except OSError as exc:
-        raise WebError(f"cannot read the session secret {path}: {exc.strerror}") from None
+        self.fixed = value.encode() if value else None
+        self._stamp, self._key = None, b""
+        self._lock = threading.Lock()
+        if self.fixed is None:
+            self.ensure()
+
+    def current(self) -> bytes:
+        if self.fixed is not None:
+            return self.fixed
+        try:
+            st = self.path.stat()
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        except OSError as exc:
+            raise WebError(f"cannot read the session secret {self.path}: {exc.strerror}") from None
+        with self._lock:
+            if stamp != self._stamp or not self._key:
+                key = None
+                if stamp is not None:
+                    try:
+                        key = self.path.read_bytes().strip() or None
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        raise WebError(f"cannot read the session secret {self.path}: {exc.strerror}") from None
+                self._stamp, self._key = stamp, key or secrets.token_bytes(32)
+            return self._key
+
+    def ensure(self) -> None:
+        """Make the secret file if it is missing or empty (start-up, and a sign-in's POST)."""
+        if self.fixed is not None:
+            return
+        try:
+            if self.path.read_bytes().strip():
+                return
+            self.path.unlink()  # empty: replace it
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise WebError(f"cannot read the session secret {self.path}: {exc.strerror}") from None
+        _new_secret(self.path)
 
 
 def _new_secret(path: Path) -> bytes:
@@ -163,14 +262,30 @@ def create_app(config: Config) -> Flask:
     web = config.web
     if web is None:
         raise WebError("no [web] table in the config (docs/web.md)")
+    try:
+        proxy_secret = A.proxy_secret(web)
+    except ValueError as exc:
+        raise WebError(str(exc)) from None
+    key = SecretKey(web)
+    sessions = A.Sessions(web.session_file)
+    if web.accounts:
+        try:
+            sessions.create()
+        except OSError as exc:
+            raise WebError(f"cannot create the session file {web.session_file}: {exc.strerror}") from None
+        except sqlite3.Error as exc:  # a file that is not a database
+            raise WebError(f"cannot use the session file {web.session_file}: {exc}") from None
     app = _App(__name__, template_folder=str(template_dir()), static_folder=None)
-    app.session_interface = _Sessions()
+    app.session_interface = _Sessions(key)
+    app.wsgi_app = _Forwarded(app.wsgi_app, web, proxy_secret)
     app.config.update(
-        SECRET_KEY=secret_key(web),
+        SECRET_KEY=secrets.token_bytes(32),  # not the cookie's: _Sessions signs with key.current()
         SESSION_COOKIE_NAME="listfilter_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=web.session_hours),
+        # the end is fixed at sign-in (the server's session row); no request moves it
+        SESSION_REFRESH_EACH_REQUEST=False,
         MAX_CONTENT_LENGTH=64 * 1024,
     )
     app.jinja_env.filters["oneline"] = oneline
@@ -178,7 +293,6 @@ def create_app(config: Config) -> Flask:
     app.jinja_env.filters["localtime"] = lambda t: t.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
     app.jinja_env.filters["isotime"] = lambda t: t.astimezone(tz).isoformat()
     roles = A.Roles(web.roles_file)
-    failures: dict[str, list[float]] = {}
 
     def render(template: str, http_status: int = 200, **context):
         context.setdefault("user", getattr(g, "user", None))
@@ -198,9 +312,7 @@ def create_app(config: Config) -> Flask:
 
     @app.before_request
     def gate():
-        proxy = A.from_proxy(web, request.remote_addr)
-        g.https = request.scheme == "https" or (
-            proxy and request.headers.get("X-Forwarded-Proto", "").lower() == "https")
+        proxy = request.environ.get("listfilter.proxy", False)
         if request.method == "POST":
             sent = request.form.get("csrf_token", "")
             expected = session.get("csrf", "")
@@ -208,16 +320,14 @@ def create_app(config: Config) -> Flask:
                 return problem(400, "Bad request", "The form has expired or did not come from this site."
                                                    " Reload the page and try again.")
         g.user = g.via = None
-        if web.proxy_header:
-            value = request.headers.get(web.proxy_header)
-            if value is not None and proxy:
-                value = oneline(value).lower()
-                if value:
-                    g.user, g.via = value, "proxy"
-            elif value is not None:
-                log.warning("ignoring %s from %s: not a configured proxy", web.proxy_header, request.remote_addr)
-        if g.user is None and session.get("via") == "password" and session.get("user") in web.accounts:
-            g.user, g.via = session["user"], "password"
+        if web.proxy_header and proxy:  # _Forwarded removed the header from anyone else
+            value = oneline(request.headers.get(web.proxy_header, "")).lower()
+            if value:
+                g.user, g.via = value, "proxy"
+        if g.user is None and web.accounts and session.get("sid"):
+            user = sessions.user_of(session["sid"])
+            if user in web.accounts:
+                g.user, g.via = user, "password"
         if request.endpoint in ("login", "logout"):
             return None
         if g.user is None:
@@ -322,32 +432,42 @@ def create_app(config: Config) -> Flask:
             nxt = url_for("email_list")
         if request.method == "GET":
             return render("web/login.html.j2", next=nxt, error=None, username="")
-        client = request.remote_addr or "?"
-        now = time.monotonic()
-        if len(failures) > 1000:  # forget clients with no recent failure
-            for key in [k for k, v in failures.items() if not v or now - v[-1] >= LOGIN_WINDOW]:
-                del failures[key]
-        recent = [t for t in failures.get(client, []) if now - t < LOGIN_WINDOW]
-        failures[client] = recent
+        client = request.environ.get("listfilter.client") or request.remote_addr or "?"
         username = oneline(request.form.get("username", ""))[:320]
-        if len(recent) >= LOGIN_ATTEMPTS:
+        try:
+            return sign_in(client, username, nxt)
+        except sqlite3.Error as exc:  # the session file: fail closed, in one line
+            log.error("sign-in unavailable: the session file %s: %s", web.session_file, exc)
+            return problem(503, "Sign-in unavailable", "The sign-in records cannot be written just now.")
+
+    def sign_in(client: str, username: str, nxt: str):
+        attempt = sessions.reserve_attempt(client, LOGIN_ATTEMPTS, LOGIN_WINDOW)
+        if attempt is None:
+            log.warning("sign-in for %r from %s refused: too many failures", username, client)
             return render("web/login.html.j2", 429, next=nxt, username=username,
                           error="Too many failed sign-ins; wait a few minutes.")
         if not A.verify_password(web.accounts, username, request.form.get("password", "")):
-            recent.append(now)
-            log.warning("failed sign-in for %r from %s", username, client)
+            log.warning("failed sign-in for %r from %s", username, client)  # the attempt stays counted
             return render("web/login.html.j2", 401, next=nxt, username=username,
                           error="Wrong user name or password.")
-        session.clear()  # a new session: no fixation
+        sessions.release(attempt)
+        sessions.end(session.get("sid"))  # a new session: no fixation, and the old one is over
+        key.ensure()
+        session.clear()
         session.permanent = True
-        session["user"] = username.lower()
-        session["via"] = "password"
+        session["sid"] = sessions.start(username.lower(), web.session_hours * 3600)
         session["csrf"] = secrets.token_urlsafe(32)
         log.info("%s signed in from %s", username.lower(), client)
         return redirect(nxt)
 
     @app.post("/logout")
     def logout():
+        try:
+            sessions.end(session.get("sid"))  # the cookie is dead on the server, whoever kept a copy
+        except sqlite3.Error as exc:
+            log.error("sign-out not recorded: the session file %s: %s", web.session_file, exc)
+            return problem(503, "Sign-out unavailable", "The sign-in records cannot be written just now."
+                                                         " Try again, or ask the site's admin to rotate the secret.")
         session.clear()
         return redirect(url_for("login") if web.accounts else url_for("email_list"))
 
@@ -367,7 +487,18 @@ def serve(config: Config, bind: str | None = None, *, threads: int = 4) -> None:
         store.require_current()
     app = create_app(config)
     logging.basicConfig(level=logging.INFO, format="listfilter web: %(levelname)s %(message)s")
-    server = waitress.create_server(app, host=host, port=port, threads=threads, ident="listfilter")
+    for user, stored in sorted(config.web.accounts.items()):
+        weak = A.hash_weakness(stored)
+        if weak:
+            log.warning("[web.accounts] %s: the password hash is %s; make a new one with"
+                        " `listfilter web passwd`", user, weak)
+    for proxy in A.spoofable_proxies(config.web, host):
+        log.warning("[web] proxies has %s, an address local users can reach this app from:"
+                    " any of them can claim to be anyone (set [web] proxy_secret_env; docs/web.md)", proxy)
+    # The app decides which peers' X-Forwarded-* to believe (_Forwarded):
+    # waitress would otherwise drop them all, its trusted_proxy being one address.
+    server = waitress.create_server(app, host=host, port=port, threads=threads, ident="listfilter",
+                                    clear_untrusted_proxy_headers=False)
     log.info("serving http://%s:%s/email (store: %s)", f"[{host}]" if ":" in host else host,
              server.effective_port, config.store.describe())
     try:

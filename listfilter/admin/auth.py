@@ -1,6 +1,13 @@
-"""Who may see the admin pages: password hashes, trusted proxies and roster roles.
+"""Who may see the admin pages: password hashes, trusted proxies, sessions and roster roles.
 
 No Flask here (``listfilter sync`` writes the roles file through this module).
+
+Passwords are werkzeug hashes held to OWASP's current minimums
+(:func:`hash_weakness`, which ``listfilter check`` applies). The proxy is a
+peer in ``[web] proxies`` that, with ``proxy_secret_env``, also sends the
+shared secret; only its X-Forwarded-For entry names the client
+(:func:`client_address`). Sign-ins live in the app's own SQLite file
+(:class:`Sessions`), which also counts failed sign-ins.
 
 Authorisation is one rule for everyone: a user is let in if their address is
 in ``[web] admins``, or if they hold one of ``[web] roles`` (default:
@@ -13,10 +20,16 @@ config that lists them is the grant.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
+import hmac
 import ipaddress
 import json
+import os
 import secrets
+import threading
+import time
 from pathlib import Path
 
 from ..common import atomic
@@ -26,48 +39,308 @@ ROLES_FORMAT = 1
 
 
 # --------------------------------------------------------------------------
-# Passwords (werkzeug's scrypt hashes: "scrypt:32768:8:1$salt$hex")
+# Passwords (werkzeug's hashes: "scrypt:131072:8:1$salt$hex", "pbkdf2:sha256:600000$salt$hex")
+
+#: What ``listfilter web passwd`` makes: scrypt at OWASP's first recommended
+#: setting (Password Storage Cheat Sheet: N=2^17, r=8, p=1; 128 MiB, about
+#: 0.3 s here). Explicit, so that a werkzeug upgrade cannot weaken it.
+NEW_HASH_METHOD = "scrypt:131072:8:1"
+#: OWASP's scrypt settings of equal strength (N, r, p); a hash that meets any one of them is strong enough.
+SCRYPT_MINIMUMS = ((2**17, 8, 1), (2**16, 8, 2), (2**15, 8, 3), (2**14, 8, 5), (2**13, 8, 10))
+#: OWASP's PBKDF2 iteration minimums, by HMAC digest.
+PBKDF2_MINIMUMS = {"sha1": 1_300_000, "sha256": 600_000, "sha512": 210_000}
+#: Password checks running at once: an scrypt check holds 128 MiB while it runs.
+_HASHING = threading.BoundedSemaphore(2)
 
 
 def hash_password(password: str) -> str:
     from werkzeug.security import generate_password_hash
 
-    return generate_password_hash(password, method="scrypt")
+    return generate_password_hash(password, method=NEW_HASH_METHOD, salt_length=16)
 
 
-#: Checked against when the user is unknown, so that a wrong user name costs
-#: the same time as a wrong password.
-_DUMMY = None
+def hash_weakness(stored: str) -> str | None:
+    """Why a werkzeug hash is below OWASP's current minimums, or None when it meets them."""
+    from werkzeug.security import DEFAULT_PBKDF2_ITERATIONS
+
+    method, *args = stored.split("$", 1)[0].split(":")
+    try:
+        if method == "scrypt":
+            n, r, p = map(int, args) if args else (2**15, 8, 1)  # werkzeug's defaults when unstated
+            if any(n >= mn and r >= mr and p >= mp for mn, mr, mp in SCRYPT_MINIMUMS):
+                return None
+            return f"scrypt with N={n}, r={r}, p={p} (at least N=2^17, r=8, p=1)"
+        if method == "pbkdf2":
+            digest = args[0] if args else "sha256"
+            iterations = int(args[1]) if len(args) > 1 else DEFAULT_PBKDF2_ITERATIONS
+            minimum = PBKDF2_MINIMUMS.get(digest)
+            if minimum is None:
+                return f"pbkdf2 with {digest} (use sha256 or sha512)"
+            if iterations >= minimum:
+                return None
+            return f"pbkdf2-{digest} with {iterations:,} iterations (at least {minimum:,})"
+    except ValueError:
+        pass
+    return f"an unknown hash method {stored.split('$', 1)[0]!r}"
+
+
+#: Hashes checked against when the user is unknown, by method ("scrypt:131072:8:1"),
+#: so that a wrong user name costs the same time as a wrong password.
+_DUMMIES: dict[str, str] = {}
 
 
 def verify_password(accounts: dict[str, str], user: str, password: str) -> bool:
-    from werkzeug.security import check_password_hash
+    from werkzeug.security import check_password_hash, generate_password_hash
 
-    global _DUMMY
     stored = accounts.get(user.strip().lower())
-    if stored is None:
-        if _DUMMY is None:
-            _DUMMY = hash_password(secrets.token_hex(16))
-        check_password_hash(_DUMMY, password)
-        return False
-    return check_password_hash(stored, password)
+    with _HASHING:
+        if stored is None:
+            # the method of a configured hash, so that the cost is the accounts' cost
+            method = min((h.split("$", 1)[0] for h in accounts.values()), default=NEW_HASH_METHOD)
+            if method not in _DUMMIES:
+                try:
+                    _DUMMIES[method] = generate_password_hash(secrets.token_hex(16), method=method)
+                except ValueError:
+                    _DUMMIES[method] = hash_password(secrets.token_hex(16))
+            check_password_hash(_DUMMIES[method], password)
+            return False
+        return check_password_hash(stored, password)
 
 
 # --------------------------------------------------------------------------
 # The proxy
 
+#: The header in which the proxy sends ``[web] proxy_secret_env``'s secret.
+PROXY_SECRET_HEADER = "X-Listfilter-Proxy-Secret"
 
-def from_proxy(web: WebSettings, remote_addr: str | None) -> bool:
-    """Whether a request's peer is one of the configured proxies."""
-    if not remote_addr or not web.proxies:
-        return False
+
+def _address(text: str | None):
+    """An IP address from a peer or an X-Forwarded-For entry (zone ids and IPv4-mapped forms folded), or None."""
+    if not text:
+        return None
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # "[v6]" or "[v6]:port" (RFC 7239 style)
+        text = text[1:text.index("]")]
     try:
-        addr = ipaddress.ip_address(remote_addr.split("%", 1)[0])
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
+    return addr
+
+
+def from_proxy(web: WebSettings, remote_addr: str | None) -> bool:
+    """Whether a request's peer address is one of the configured proxies (the secret is checked apart)."""
+    addr = _address(remote_addr)
+    return addr is not None and _in_proxies(web, addr)
+
+
+def _in_proxies(web: WebSettings, addr) -> bool:
     return any(addr in ipaddress.ip_network(p, strict=False) for p in web.proxies)
+
+
+def proxy_secret(web: WebSettings) -> bytes | None:
+    """The secret the proxy must send (from ``[web] proxy_secret_env``); ValueError when unset or short."""
+    if not web.proxy_secret_env:
+        return None
+    value = os.environ.get(web.proxy_secret_env, "")
+    if len(value) < 16:
+        raise ValueError(f"${web.proxy_secret_env} is {'too short (at least 16 characters)' if value else 'unset'}:"
+                         " [web] proxy_secret_env names the secret the proxy sends")
+    return value.encode()
+
+
+def trusted_proxy(web: WebSettings, remote_addr: str | None, sent_secret: str | None, secret: bytes | None) -> bool:
+    """Whether a request came from the proxy: a peer in ``proxies`` that, when a secret is set, sent it."""
+    if not from_proxy(web, remote_addr):
+        return False
+    if secret is None:
+        return True
+    return sent_secret is not None and hmac.compare_digest(sent_secret.encode("latin-1", "replace"), secret)
+
+
+def client_address(web: WebSettings, remote_addr: str | None, forwarded_for: str | None, trusted: bool) -> str:
+    """The address the request really came from, for the sign-in limit and the log.
+
+    From anyone but the proxy, that is the peer. Through the proxy, it is the
+    address the proxy appended to X-Forwarded-For (nginx's
+    ``$proxy_add_x_forwarded_for``, Apache mod_proxy): the rightmost entry,
+    stepping left only over entries that are proxies themselves. What the
+    client wrote further left is its own claim and is never used. An entry
+    that is not an IP address means the proxy did not write it: the peer.
+    """
+    peer = _address(remote_addr)
+    fallback = str(peer) if peer is not None else (remote_addr or "?")
+    if not trusted or not forwarded_for:
+        return fallback
+    entries = [e for e in forwarded_for.split(",") if e.strip()]
+    for entry in reversed(entries):
+        addr = _address(entry)
+        if addr is None:
+            return fallback
+        if not _in_proxies(web, addr):
+            return str(addr)
+    return fallback
+
+
+def _loopback(version: int):
+    return ipaddress.ip_network("127.0.0.0/8" if version == 4 else "::1/128")
+
+
+def local_addresses() -> list:
+    """This host's own addresses (Linux: /proc/net/fib_trie and if_inet6), always with loopback."""
+    found = [_loopback(4), _loopback(6)]
+    try:
+        trie = Path("/proc/net/fib_trie").read_text().splitlines()
+        for before, line in zip(trie, trie[1:]):
+            if "/32 host LOCAL" in line:
+                found.append(ipaddress.ip_network(before.split()[-1]))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            raw = line.split()[0]
+            found.append(ipaddress.ip_network(":".join(raw[i:i + 4] for i in range(0, 32, 4))))
+    except (OSError, ValueError, IndexError):
+        pass
+    return found
+
+
+def spoofable_proxies(web: WebSettings, bind_host: str, local=None) -> list[str]:
+    """The ``proxies`` entries that a local user could connect from, reaching the app at ``bind_host``.
+
+    Any user of this host may open a connection from any of its addresses
+    (loopback included) to a port the app listens on. If such an address is a
+    trusted proxy, any local user can send the user header and be anyone.
+    A shared secret (``proxy_secret_env``) closes that; a proxy on another
+    host, or on an address local users cannot reach the app from, avoids it.
+    """
+    if web.proxy_secret_env:
+        return []
+    if local is None:
+        local = local_addresses()
+    addr = _address(bind_host)
+    if addr is not None and addr.is_loopback:
+        reachable_from = [_loopback(addr.version)]
+    else:  # a wildcard or a host's own address: every local address may be the source
+        reachable_from = local
+    out = []
+    for p in web.proxies:
+        net = ipaddress.ip_network(p, strict=False)
+        if any(net.version == r.version and net.overlaps(r) for r in reachable_from):
+            out.append(p)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Sessions and failed sign-ins: the app's own small SQLite file
+
+
+def now() -> float:
+    """The wall clock (a function, so that tests can move it)."""
+    return time.time()
+
+
+class Sessions:
+    """Sign-ins kept on the server, so that one can be ended before its cookie expires.
+
+    The cookie carries a random session id; this file holds only its SHA-256,
+    the user and the absolute end (sign-in time + ``session_hours``), which no
+    request renews. Signing out deletes the row, so the cookie is dead even if
+    someone kept a copy. The same file counts failed sign-ins per client, in a
+    transaction, so the limit holds across threads and across several app
+    processes on one host. Only sign-in and sign-out (POSTs) write; a page
+    (GET) only reads. Rollback-journal mode, not WAL: a reader writes nothing.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _connect(self, readonly: bool = False):
+        """A connection; read-only ones never create the file (a GET must not write)."""
+        import sqlite3
+
+        if readonly:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10, isolation_level=None)
+        else:
+            if not self.path.exists():  # deleted under a running app: a POST may make it again
+                self.create()
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        return conn
+
+    def create(self) -> None:
+        """Make the file (mode 0600) and its tables; at start-up, never on a request."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        with contextlib.closing(self._connect()) as conn:
+            conn.execute("PRAGMA journal_mode = DELETE")
+            conn.execute("CREATE TABLE IF NOT EXISTS sessions (id_hash TEXT PRIMARY KEY, user TEXT NOT NULL,"
+                         " started REAL NOT NULL, ends REAL NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS failures (client TEXT NOT NULL, at REAL NOT NULL)")
+            conn.execute("CREATE INDEX IF NOT EXISTS failures_client ON failures (client, at)")
+
+    @staticmethod
+    def _hash(sid: str) -> str:
+        return hashlib.sha256(sid.encode()).hexdigest()
+
+    def start(self, user: str, lifetime: float) -> str:
+        """A new session for ``user``; returns the id to put in the cookie (expired rows go too)."""
+        sid = secrets.token_urlsafe(32)
+        t = now()
+        with contextlib.closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM sessions WHERE ends <= ?", (t,))
+            conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (self._hash(sid), user, t, t + lifetime))
+            conn.execute("COMMIT")
+        return sid
+
+    def user_of(self, sid: str | None) -> str | None:
+        """The user of a live session, or None (ended, expired, unknown). Reads only."""
+        import sqlite3
+
+        if not sid or not isinstance(sid, str):
+            return None
+        try:
+            with contextlib.closing(self._connect(readonly=True)) as conn:
+                row = conn.execute("SELECT user FROM sessions WHERE id_hash = ? AND ends > ?",
+                                   (self._hash(sid), now())).fetchone()
+        except sqlite3.Error:  # no file, or not ours: nobody is signed in
+            return None
+        return row[0] if row else None
+
+    def end(self, sid: str | None) -> None:
+        if sid and isinstance(sid, str):
+            with contextlib.closing(self._connect()) as conn:
+                conn.execute("DELETE FROM sessions WHERE id_hash = ?", (self._hash(sid),))
+
+    def reserve_attempt(self, client: str, limit: int, window: float) -> int | None:
+        """Count a sign-in attempt before its password is checked; None when ``client`` is over the limit.
+
+        Check and record are one transaction (BEGIN IMMEDIATE takes the write
+        lock first), and the attempt counts while its password is being
+        checked: forty attempts at once are limited exactly like forty in a
+        row. A correct password gives its attempt back (:meth:`release`).
+        """
+        t = now()
+        with contextlib.closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM failures WHERE at <= ?", (t - window,))
+            (count,) = conn.execute("SELECT count(*) FROM failures WHERE client = ?", (client,)).fetchone()
+            if count >= limit:
+                conn.execute("COMMIT")
+                return None
+            attempt = conn.execute("INSERT INTO failures VALUES (?, ?)", (client, t)).lastrowid
+            conn.execute("COMMIT")
+        return attempt
+
+    def release(self, attempt: int) -> None:
+        with contextlib.closing(self._connect()) as conn:
+            conn.execute("DELETE FROM failures WHERE rowid = ?", (attempt,))
 
 
 # --------------------------------------------------------------------------

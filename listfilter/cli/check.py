@@ -36,6 +36,7 @@ def check(ctx, offline, as_json):
         results.append(("config", False, str(exc)))
         _report(results, as_json)
         sys.exit(EXIT_CONFIG)
+    results.extend(_web_checks(config))
     if not offline:
         results.extend(_online_checks(config))
     _report(results, as_json)
@@ -111,6 +112,37 @@ def _store_checks(config: C.Config):
         except OSError:
             yield "web roles", False, (f"{web.roles_file} is missing: only [web] admins can sign in"
                                        " (run listfilter sync)")
+
+
+def _web_checks(config: C.Config):
+    """[web], from the config alone: password hashes against OWASP's minimums, a proxy any local user could be."""
+    from ..admin import auth as A
+
+    web = config.web
+    if web is None:
+        return
+    weak = [(user, A.hash_weakness(stored)) for user, stored in sorted(web.accounts.items())]
+    for user, why in weak:
+        if why:
+            yield "web accounts", False, (f"{user}: the password hash is {why}, below OWASP's minimum"
+                                          f" (make a new one with `listfilter web passwd {user}`)")
+    if web.accounts and not any(why for _, why in weak):
+        yield "web accounts", True, f"{len(web.accounts)} account(s), every hash meets OWASP's minimums"
+    if not web.proxies:
+        return
+    host, _ = C.parse_bind(web.bind)
+    for proxy in A.spoofable_proxies(web, host):
+        yield "web proxies", False, (f"{proxy} is an address local users can connect from to the app"
+                                     f" (bind {web.bind}): any of them could claim to be anyone."
+                                     " Set [web] proxy_secret_env, or bind where only the proxy connects"
+                                     " from (docs/web.md)")
+    if web.proxy_secret_env:
+        try:
+            A.proxy_secret(web)
+            yield "web proxies", True, (f"requests count as the proxy's only with the secret in"
+                                        f" ${web.proxy_secret_env}")
+        except ValueError as exc:
+            yield "web proxies", False, str(exc)
 
 
 def _report(results, as_json: bool) -> None:

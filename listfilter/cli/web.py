@@ -39,7 +39,11 @@ def web_cmd(ctx, bind):
 @click.argument("user", required=False)
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from standard input (one line).")
 def web_passwd(user, from_stdin):
-    """Print a password hash for [web.accounts] (the password is asked twice)."""
+    """Print a password hash for [web.accounts] (the password is asked twice).
+
+    The hash is scrypt with N=2^17, r=8, p=1, OWASP's minimum, written into
+    the hash so that `listfilter check` can hold older, weaker ones to it.
+    """
     from ..admin import auth as A
 
     if from_stdin:

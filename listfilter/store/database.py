@@ -440,7 +440,8 @@ class _PostgreSQL(Store):
         try:
             self.conn = psycopg.connect(dsn, connect_timeout=10, autocommit=True)
         except psycopg.Error as exc:
-            raise StoreError(f"the store {settings.describe()}: {_first_line(exc)}") from None
+            # libpq's parse errors quote the DSN: mask its secrets there too
+            raise StoreError(f"the store {settings.describe()}: {settings.redact(_first_line(exc))}") from None
         self._tx = None
 
     def _errors(self):

@@ -162,11 +162,133 @@ class StoreSettings:
         return os.environ.get(self.dsn_env) or self.dsn
 
     def describe(self) -> str:
-        """Where the store is, without any password."""
+        """Where the store is, without any password (see :func:`mask_dsn`)."""
         if self.backend == "sqlite":
             return f"sqlite {self.path}"
-        dsn = self.resolved_dsn() or f"${self.dsn_env} (unset)"
-        return "postgresql " + re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", re.sub(r"password=\S+", "password=***", dsn))
+        dsn = self.resolved_dsn()
+        return "postgresql " + (mask_dsn(dsn) if dsn else f"${self.dsn_env} (unset)")
+
+    def redact(self, text: str) -> str:
+        """``text`` (a libpq error, which may quote part of the DSN) with the DSN's secrets masked."""
+        dsn = self.resolved_dsn()
+        return _redact(text, _dsn_secrets(dsn)) if dsn else text
+
+
+#: libpq connection keywords whose value is a secret (libpq's "connection parameter key words").
+SECRET_DSN_KEYS = frozenset({"password", "sslpassword"})
+_URI_PREFIXES = ("postgresql://", "postgres://")
+
+
+def mask_dsn(dsn: str) -> str:
+    """A libpq connection string with every password replaced by ``***``.
+
+    Both of libpq's forms (PostgreSQL manual, "Connection Strings"): the URI
+    ``postgresql://user:password@host/db?password=…`` and ``key=value`` pairs,
+    where a value may be single-quoted with backslash escapes. Where the text
+    is ambiguous the mask takes more, never less: the URI's user information
+    runs to the *last* ``@``, query keys are compared percent-decoded (libpq
+    decodes them), and a ``key=value`` string that libpq could not parse is
+    masked from the first token it could not read.
+    """
+    return _mask(dsn)[0]
+
+
+def _mask(dsn: str) -> tuple[str, list[str]]:
+    """(the masked DSN, the secret texts it hid)."""
+    text = dsn.strip()
+    if text.lower().startswith(_URI_PREFIXES):
+        return _mask_uri(text)
+    return _mask_pairs(text)
+
+
+def _mask_uri(text: str) -> tuple[str, list[str]]:
+    from urllib.parse import unquote
+
+    scheme, _, rest = text.partition("://")
+    secrets: list[str] = []
+
+    def query_value(m: re.Match) -> str:
+        if unquote(m.group(2)).strip().lower() in SECRET_DSN_KEYS:
+            secrets.append(m.group(3))
+            return f"{m.group(1)}{m.group(2)}=***"
+        return m.group(0)
+
+    # any ?key=value or &key=value, wherever it appears (a password may hold a literal ?)
+    rest = re.sub(r"([?&])([^&=?]*)=([^&]*)", query_value, rest)
+    at = rest.rfind("@")
+    if at >= 0:
+        userinfo, host = rest[:at], rest[at + 1:]
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            secrets.append(password)
+            rest = f"{user}:***@{host}"
+    return f"{scheme}://{rest}", secrets
+
+
+def _mask_pairs(text: str) -> tuple[str, list[str]]:
+    """libpq's ``key = value`` tokenizer (conninfo_parse), rebuilt with the secret values masked."""
+    out: list[str] = []
+    secrets: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return " ".join(out), secrets
+        start = i
+        while i < n and text[i] != "=" and not text[i].isspace():
+            i += 1
+        key = text[start:i]
+        while i < n and text[i].isspace():
+            i += 1
+        if not key or i >= n or text[i] != "=":
+            break  # not key=value: libpq refuses it; show none of it
+        i += 1
+        while i < n and text[i].isspace():
+            i += 1
+        vstart = i
+        if i < n and text[i] == "'":
+            i += 1
+            while i < n and text[i] != "'":
+                i += 2 if text[i] == "\\" else 1
+            if i >= n:
+                break  # unterminated quote
+            i += 1
+        else:
+            while i < n and not text[i].isspace():
+                i += 2 if text[i] == "\\" else 1
+        value = text[vstart:i]
+        if key.lower() in SECRET_DSN_KEYS:
+            secrets.append(value)
+            out.append(f"{key}=***")
+        else:
+            out.append(f"{key}={value}")
+    secrets.append(text[start:])
+    out.append("***")
+    return " ".join(out), secrets
+
+
+def _dsn_secrets(dsn: str) -> list[str]:
+    """The secret texts of a DSN, with their quoted and percent-decoded forms."""
+    from urllib.parse import unquote
+
+    found = []
+    for value in _mask(dsn)[1]:
+        for form in (value, value.strip("'"), unquote(value), value.strip("'").replace("\\", "")):
+            if form and form not in found:
+                found.append(form)
+    return found
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    """Mask each secret, and each piece of it that libpq might quote alone (split where libpq splits)."""
+    pieces = set()
+    for value in secrets:
+        pieces.add(value)
+        pieces.update(p for p in re.split(r"[\s'\"@/:?&=,%]+", value) if len(p) >= 3)
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text
 
 
 @dataclass(frozen=True)
@@ -177,10 +299,12 @@ class WebSettings:
     admins: tuple[str, ...]  # lower-cased addresses, always allowed
     roles: tuple[str, ...]  # roster roles allowed in (proxy sign-on)
     proxy_header: str | None  # e.g. X-Remote-User; None: no proxy sign-on
-    proxies: tuple[str, ...]  # addresses/networks whose proxy_header is believed
+    proxies: tuple[str, ...]  # addresses/networks whose proxy_header and X-Forwarded-* are believed
+    proxy_secret_env: str | None  # the variable holding the secret the proxy sends; None: no secret
     accounts: dict[str, str]  # lower-cased user -> password hash (standalone login)
     secret_env: str
     secret_file: Path
+    session_file: Path  # the app's own SQLite file: sign-ins and failed sign-ins
     roles_file: Path  # written by sync: the roster roles of staff (for proxy sign-on)
     page_size: int
     session_hours: int
@@ -425,6 +549,9 @@ def _web(t: _Table, site: Site, roster: Roster, base: Path) -> WebSettings:
         raise ConfigError("web.proxies", "required with proxy_header: the addresses of the proxy that sets it")
     if proxies and not header:
         raise ConfigError("web.proxy_header", "required with proxies: the header that carries the user's email")
+    proxy_secret_env = t.string("proxy_secret_env", None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    if proxy_secret_env and not proxies:
+        raise ConfigError("web.proxy_secret_env", "only used with proxies: the secret those proxies send")
     accounts_t = t.table("accounts")
     accounts = {}
     for user in accounts_t.keys():
@@ -434,15 +561,20 @@ def _web(t: _Table, site: Site, roster: Roster, base: Path) -> WebSettings:
         accounts[user.lower()] = value
     accounts_t.done()
     secret_file = t.string("secret_file", None)
+    secret_path = (base / secret_file) if secret_file else site.state_dir / "maillog" / "web-secret"
+    session_file = t.string("session_file", None)
     web = WebSettings(
         bind=bind,
         admins=tuple(_address(a, f"web.admins[{i}]").lower() for i, a in enumerate(t.strings("admins", []))),
         roles=roles,
         proxy_header=header,
         proxies=proxies,
+        proxy_secret_env=proxy_secret_env,
         accounts=accounts,
         secret_env=t.string("secret_env", "LISTFILTER_WEB_SECRET"),
-        secret_file=(base / secret_file) if secret_file else site.state_dir / "maillog" / "web-secret",
+        secret_file=secret_path,
+        # beside the secret by default: the one place the app is known to be able to write
+        session_file=(base / session_file) if session_file else secret_path.parent / "web-sessions.sqlite",
         roles_file=site.state_dir / "web-roles.json",
         page_size=t.integer("page_size", 50, minimum=1),
         session_hours=t.integer("session_hours", 12, minimum=1),
@@ -652,14 +784,25 @@ def _tname(value: Any) -> str:
 
 
 def _address(value: str, where: str) -> str:
-    """Validate one addr-spec; return it with the domain lower-cased."""
+    """Validate one addr-spec; return it with the domain lower-cased.
+
+    The local part may be non-ASCII (RFC 6531, SMTPUTF8: a student's address
+    can be ``jäne@example.org``); it is checked as if its non-ASCII
+    characters were letters. The domain is ASCII (an IDN in its A-label form).
+    """
     from email.errors import HeaderParseError
     from email.headerregistry import Address
 
+    text = value.strip()
+    local, at, domain = text.rpartition("@")
+    ascii_form = "".join(c if c.isascii() else "a" for c in local) + at + domain
     try:
-        addr = Address(addr_spec=value.strip())
+        Address(addr_spec=ascii_form)
+        addr = Address(username=local, domain=domain) if not local.isascii() else Address(addr_spec=text)
     except (HeaderParseError, ValueError, IndexError, TypeError) as exc:
         raise ConfigError(where, f"malformed address {value!r}: {exc}") from None
+    if not local.isascii() and (not local.isprintable() or len(local.encode()) > 64):
+        raise ConfigError(where, f"malformed address {value!r}")
     if not addr.username or not _DOMAIN.match(addr.domain.lower()):
         raise ConfigError(where, f"malformed address {value!r}: needs local-part@domain")
     return f"{addr.username}@{addr.domain.lower()}"

@@ -166,10 +166,17 @@ def test_browser_login_badges_filters_and_row_expansion(server, browser):
     assert "Body of message 0" in b.find_element(By.CSS_SELECTOR, "pre.body").text
     b.save_screenshot(str(ARTIFACTS / "email-permalink.png"))
 
-    # sign out: the data is gone
+    # sign out: the data is gone, and so is the session on the server
+    kept = b.get_cookie("listfilter_session")
+    assert kept["httpOnly"] and kept["sameSite"] == "Lax"
     b.find_element(By.CSS_SELECTOR, "header .who button").click()
     wait_url(lambda u: "/login" in u)
     b.get(server + "/email")
     wait_url(lambda u: "/login" in u)
     assert "Message" not in b.page_source
     assert HASH not in b.page_source
+    b.delete_all_cookies()
+    b.add_cookie({k: kept[k] for k in ("name", "value", "path")})  # the cookie as it was before signing out
+    b.get(server + "/email")
+    wait_url(lambda u: "/login" in u)
+    assert "Message" not in b.page_source
