@@ -48,9 +48,26 @@ class Event(namedtuple("Event", FIELDS, defaults=_DEFAULTS)):
     __slots__ = ()
 
     def to_json(self) -> bytes:
-        data = self._asdict()
-        data["recipients"] = list(self.recipients)
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        data = {k: text(v) if isinstance(v, str) else v for k, v in self._asdict().items()}
+        data["recipients"] = [text(r) for r in self.recipients]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def text(value: str) -> str:
+    """``value`` as valid Unicode: bytes a command line or a header carried undecoded
+    (lone surrogates, as Python's surrogateescape leaves them) are read as mail
+    clients read 8-bit text: UTF-8, else Windows-1252, else Latin-1."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogateescape")
+    for charset in ("utf-8", "cp1252"):
+        try:
+            return raw.decode(charset)
+        except UnicodeDecodeError:
+            pass
+    return raw.decode("latin-1")
 
 
 def now_utc() -> str:
@@ -142,29 +159,41 @@ def from_json(raw: bytes) -> Event:
 # Bounce records: what the -bounces pipe found in one bounce
 
 
-BOUNCE_FIELDS = ("id", "list_address", "received_at", "day", "member", "permanent", "temporary", "queue_id")
+BOUNCE_FIELDS = ("id", "list_address", "received_at", "day", "member", "permanent", "temporary", "queue_id",
+                 "message_ids", "reason")
+#: The most Message-IDs one record keeps (the returned post's, first; see listfilter.mail.bounce).
+MESSAGE_IDS_MAX = 10
 
 
-class BounceRecord(namedtuple("BounceRecord", BOUNCE_FIELDS, defaults=("", (), (), ""))):
+class BounceRecord(namedtuple("BounceRecord", BOUNCE_FIELDS, defaults=("", (), (), "", (), ""))):
     """One bounce to a list's -bounces address, as ``listfilter-bounce`` read it.
 
     ``member`` is the address VERP names ("" without VERP); ``permanent`` and
-    ``temporary`` are the failed addresses flufl.bounce reported that are
-    this list's (with VERP: the member, by the kind of failure). ``day`` is
+    ``temporary`` are the failed addresses the report names that are this
+    list's members (with VERP: the member, by the kind of failure). ``day`` is
     the site-local date the bounce arrived on; scoring (sync) counts at most
-    one point per address per day. The mail side only ever creates these.
+    one point per address per day. ``message_ids`` are the Message-IDs of the
+    post the report returns (its headers, RFC 3462 / RFC 6533), which sync
+    checks against what was sent; ``reason``, when set, says why the mail
+    side already knows the record counts for nobody (sync keeps it, with the
+    reason, and scores nothing). The mail side only ever creates these.
     """
 
     __slots__ = ()
 
     def to_json(self) -> bytes:
         data = self._asdict()
-        data["permanent"], data["temporary"] = list(self.permanent), list(self.temporary)
+        for name in ("permanent", "temporary", "message_ids"):
+            data[name] = list(getattr(self, name))
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
 
 
 def bounce_from_json(raw: bytes) -> BounceRecord:
-    """Validate one bounce record; raise BadEvent."""
+    """Validate one bounce record; raise BadEvent.
+
+    A record written before ``message_ids`` and ``reason`` existed reads
+    with neither (and so, at sync, refers to no post).
+    """
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -175,6 +204,7 @@ def bounce_from_json(raw: bytes) -> BounceRecord:
     if not isinstance(ident, str) or not _ID.match(ident.lower()):
         raise BadEvent(f"id: not a record id: {ident!r:.80}")
     fields = {name: _text(data, name, 320) for name in ("list_address", "received_at", "day", "member", "queue_id")}
+    fields["reason"] = _text(data, "reason", 500)
     if "@" not in fields["list_address"]:
         raise BadEvent(f"list_address: not an address: {fields['list_address']!r:.80}")
     try:
@@ -188,4 +218,12 @@ def bounce_from_json(raw: bytes) -> BounceRecord:
         if not isinstance(value, list) or not all(isinstance(a, str) and "@" in a for a in value):
             raise BadEvent(f"{name}: expected a list of addresses")
         lists[name] = tuple(sorted({a.strip().lower()[:320] for a in value}))
-    return BounceRecord(id=ident.lower(), **fields, **lists)
+    ids = data.get("message_ids") or []
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise BadEvent("message_ids: expected a list of strings")
+    kept = []
+    for i in ids:
+        i = _text({"i": i}, "i", _TEXT_LIMITS["message_id"]).strip()
+        if i and i not in kept:
+            kept.append(i)
+    return BounceRecord(id=ident.lower(), **fields, **lists, message_ids=tuple(kept[:MESSAGE_IDS_MAX]))

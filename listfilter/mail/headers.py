@@ -41,6 +41,12 @@ X-Confirm-Reading-To
 Errors-To                        removed    Obsolete; some MTAs still send bounces there,
                                             which would send members' bounces to the poster
                                             instead of the list's bounce address.
+Date, Message-ID                 added      when the post has none (or an empty Message-ID):
+                                            ``sendmail -G`` makes Postfix add neither, and the
+                                            Message-ID is what traces the copies.
+A second Date, Message-ID,       removed    RFC 5322 §3.6 allows one of each; the first is
+Sender, Reply-To, Cc,                       what was checked and logged. (Two From fields are
+In-Reply-To, References                     refused before the rewrite: see poster_of.)
 ===============================  =========  ==================================================
 
 Kept on purpose:
@@ -57,14 +63,15 @@ Kept on purpose:
   ``p=reject`` policy fails either way, and a broken signature is treated like
   a missing one (RFC 6376 §6.1). Keeping it at least documents the origin.
 * **Message-ID, Date, MIME-Version, Content-*** and every other header pass
-  through unchanged, byte for byte.
+  through unchanged, byte for byte — except that a control character in a
+  kept field (\\v, \\f, \\x1c–\\x1e, a bare CR, NUL …) becomes a space, so
+  that no mail software can read it as a line break and find a header the
+  poster smuggled in, and a line over 998 characters is folded.
 
 No List-Unsubscribe is added: membership comes from the course roster, and a
 member cannot leave the list by mail.
 
-Known limits: a decoded Subject that itself contains literal encoded-word
-syntax (``=?utf-8?q?x?=``) is decoded once more when the new Subject is set
-(the stdlib parses values on assignment). A display-name run of non-ASCII words
+Known limits: a display-name run of non-ASCII words
 longer than one encoded word (45 bytes) is written as adjacent encoded words,
 which RFC 2047 readers (mail clients) join correctly; Python's own
 ``headerregistry`` reads a space in between.
@@ -72,14 +79,13 @@ which RFC 2047 readers (mail clients) join correctly; Python's own
 
 from __future__ import annotations
 
-import copy
 import datetime
 import re
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.utils import format_datetime
 
 from ..common.addresses import list_id, owner_address, request_address
-from .message import all_texts, fold_tokens, phrase_tokens, header_text
+from .message import Field, Headers, all_texts, fold_tokens, header_text, make_field, make_policy, phrase_tokens
 from .subject import new_subject
 
 #: Headers removed by :func:`rewrite_headers` (besides every ``List-*``).
@@ -93,63 +99,104 @@ REMOVED_HEADERS = (
     "Errors-To",
     "Precedence",
 )
+#: RFC 5322 allows one of each: the first is kept, any other is dropped.
+SINGLE_HEADERS = ("Date", "Message-ID", "Sender", "In-Reply-To", "References", "Cc", "Reply-To")
 
 LOOP_HEADER = "X-Listfilter-Loop"
+
+#: RFC 5322 §2.1.1: no line longer than 998 characters.
+MAX_LINE = 998
+# bytes a kept field may not carry: line breaks to Python and to some mail
+# software, but not to Postfix — every control but the tab, and the Unicode
+# line breaks NEL, LS and PS in UTF-8
+_SMUGGLED = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2\x85|\xe2\x80[\xa8\xa9]")
 
 
 # --------------------------------------------------------------------------
 # The rewrite
 
 
-def _set_single(msg: EmailMessage, name: str, value) -> None:
-    """Set one header, keeping its position if it was there exactly once."""
-    if len(msg.get_all(name, ())) == 1:
-        msg.replace_header(name, value)
-    else:
-        del msg[name]
-        msg[name] = value
+def kept(field: Field) -> bytes:
+    """A field the rewrite keeps: its bytes, with control characters as spaces
+    and any line over 998 characters folded at its blanks (or cut into pieces)."""
+    lines = [_SMUGGLED.sub(b" ", line) for line in field.raw.split(b"\n")[:-1]]
+    # "Date : …" is a Date field to Postfix but not to every reader: write the name as one
+    lines[0] = field.name.encode("ascii") + b":" + lines[0].split(b":", 1)[1]
+    out = []
+    for line in lines:
+        while len(line) > MAX_LINE:
+            cut = line.rfind(b" ", 1, MAX_LINE)
+            if cut <= 0:
+                cut = MAX_LINE - 1
+            out.append(line[:cut])
+            line = b" " + line[cut:].lstrip(b" ")
+        out.append(line)
+    return b"\n".join(out) + b"\n"
 
 
-def rewrite_headers(headers: EmailMessage, lst, now: datetime.datetime) -> EmailMessage:
-    """A rewritten copy of ``headers`` (see the table in the module docstring).
-
-    ``lst`` is the list's snapshot row (address, display_name, subject_tag, reply_to).
-    ``now`` is aware and in the site's timezone; its date goes into the Subject.
-    """
-    msg = copy.deepcopy(headers)
-
-    subject = new_subject(header_text(headers, "Subject"), lst.subject_tag, now.date())
-    _set_single(msg, "Subject", subject)
-    _set_single(msg, "To", Address(display_name=" ".join(lst.display_name.split()), addr_spec=lst.address))
-    if lst.reply_to:
-        _set_single(msg, "Reply-To", lst.reply_to)
-
-    for name in {k.lower() for k in msg.keys() if k.lower().startswith("list-")}:
-        del msg[name]
-    for name in REMOVED_HEADERS:
-        del msg[name]
-
-    # Built by hand and stored pre-folded (set_raw): List-Id is a phrase plus
-    # <list-id>, not an address header, and an unstructured header would
-    # encode the phrase's quotes into encoded words.
+def list_id_field(lst) -> bytes:
+    """``List-Id: "Display Name" <list.domain>``, built by hand: a phrase plus
+    <list-id> is no address header, and as an unstructured header its quotes
+    would be encoded."""
     name = " ".join(lst.display_name.split())
     phrase = phrase_tokens(name)
     if phrase and name.isascii() and not phrase[0].startswith('"'):
         phrase = ['"' + name + '"']  # always quoted, as RFC 2919's examples
-    folded = fold_tokens("List-Id", phrase + [f"<{list_id(lst.address)}>"], msg.policy.max_line_length or 998)
-    msg.set_raw("List-Id", folded[len("List-Id: "):].rstrip("\n"))
-    msg["List-Post"] = f"<mailto:{lst.address}>"
-    msg["List-Help"] = f"<mailto:{request_address(lst.address)}?subject=help>"
-    msg["List-Owner"] = f"<mailto:{owner_address(lst.address)}>"
-    msg["Precedence"] = "list"
-    msg[LOOP_HEADER] = lst.address
-    return msg
+    return fold_tokens("List-Id", phrase + [f"<{list_id(lst.address)}>"], 78).encode("ascii")
+
+
+def rewrite_headers(headers: Headers, lst, now: datetime.datetime, *, message_id: str | None = None) -> list[bytes]:
+    """The header fields members receive (see the table in the module docstring), as raw bytes.
+
+    ``lst`` is the list's snapshot row (address, display_name, subject_tag,
+    reply_to). ``now`` is aware and in the site's timezone: its date goes into
+    the Subject, and it is the Date of a post that has none. ``message_id``
+    is given to a post that has none (or only an empty one).
+    """
+    policy = make_policy()
+    subject = new_subject(header_text(headers, "Subject"), lst.subject_tag, now.date())
+    replaced = {
+        "subject": make_field("Subject", subject, policy),
+        "to": make_field("To", Address(display_name=" ".join(lst.display_name.split()), addr_spec=lst.address),
+                         policy),
+    }
+    if lst.reply_to:
+        replaced["reply-to"] = make_field("Reply-To", lst.reply_to, policy)
+    if message_id:
+        replaced["message-id"] = make_field("Message-ID", message_id, policy)
+    removed = {n.lower() for n in REMOVED_HEADERS}
+    single = {n.lower() for n in SINGLE_HEADERS}
+    out: list[bytes] = []
+    seen: set[str] = set()
+    for field in headers.fields:
+        key = field.name.lower()
+        if key.startswith("list-") or key in removed:
+            continue
+        if key in replaced:
+            if key not in seen:
+                out.append(replaced[key])  # where the poster's was
+        elif key not in single or key not in seen:
+            out.append(kept(field))
+        seen.add(key)
+    out += [replaced[key] for key in replaced if key not in seen]
+    if "date" not in seen:
+        # sendmail -G: Postfix adds no Date to a relayed submission
+        out.append(make_field("Date", format_datetime(now), policy))
+    out += [
+        list_id_field(lst),
+        make_field("List-Post", f"<mailto:{lst.address}>", policy),
+        make_field("List-Help", f"<mailto:{request_address(lst.address)}?subject=help>", policy),
+        make_field("List-Owner", f"<mailto:{owner_address(lst.address)}>", policy),
+        make_field("Precedence", "list", policy),
+        make_field(LOOP_HEADER, lst.address, policy),
+    ]
+    return out
 
 
 _ANGLE = re.compile(r"<([^<>]*)>")
 
 
-def is_loop(headers: EmailMessage, lst) -> bool:
+def is_loop(headers: Headers, lst) -> bool:
     """True if the message already went through this list."""
     want_id = list_id(lst.address).casefold()
     for value in all_texts(headers, "List-Id"):

@@ -25,8 +25,10 @@ from .headers import is_loop
 #: "accept") and the reason in words.
 Decision = namedtuple("Decision", "rule action reason")
 
-#: The facts about one post that the rules decide on.
-Post = namedtuple("Post", "headers list_row from_address may_post delivered_recently message_id")
+#: The facts about one post that the rules decide on. ``from_problem`` says why
+#: the From header names nobody for sure (``from_address`` is then None).
+Post = namedtuple("Post", "headers list_row from_address may_post delivered_recently message_id from_problem",
+                  defaults=("",))
 
 ACCEPT = "accept"
 DISCARD = "discard"
@@ -52,7 +54,7 @@ def duplicate(post: Post) -> Decision | None:
 def poster(post: Post) -> Decision | None:
     """The From address may not post (Reply-To and Sender never grant posting rights)."""
     if not post.from_address:
-        return Decision("poster", REFUSE, "the message has no valid From address")
+        return Decision("poster", REFUSE, post.from_problem or "the message has no valid From address")
     if not post.may_post:
         return Decision("poster", REFUSE, f"{post.from_address} is not allowed to post to {post.list_row.address}")
     return None

@@ -47,3 +47,86 @@ def write_snapshot(path: Path, lists: list[CompiledList], *, spool: Path, sendma
     settings = {**SETTINGS, "spool_dir": str(spool), **({"sendmail": sendmail} if sendmail else {})}
     snapshot.write(path, lists, {**settings, "digest": "test"}, suppressed)
     return path
+
+
+# --------------------------------------------------------------------------
+# Hostile headers (issue 10): shared by test_message.py and test_headers.py
+
+#: Characters that Python's ``str.splitlines()`` breaks a line at and Postfix
+#: does not (cleanup(8) ends a line at LF only): the C0 ones and a bare CR, and
+#: the UTF-8 forms of NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR (what a
+#: client sees once it decodes an SMTPUTF8 header as UTF-8).
+PYTHON_ONLY_BREAKS = {
+    "VT": b"\x0b", "FF": b"\x0c", "FS": b"\x1c", "GS": b"\x1d", "RS": b"\x1e", "bare CR": b"\r",
+    "NEL": "\u0085".encode(), "LS": "\u2028".encode(), "PS": "\u2029".encode(),
+}
+#: What a poster would smuggle in: a Bcc, a second From, a Reply-To, another
+#: list's header, our own loop marker, and an "empty line" that would push the
+#: list's own headers into the body.
+SMUGGLED = (b"Bcc: victim@example.org", b"From: instructor@example.edu", b"Reply-To: evil@example.org",
+            b"List-Unsubscribe: <mailto:leave@example.org>", b"X-Listfilter-Loop: students@lists.example.edu", b"")
+
+_SMUGGLING_BASE = (b"From: Jane Doe <jane@example.edu>", b"To: students@lists.example.edu", b"Subject: Hello",
+                   b"Date: Wed, 21 Jan 2026 10:00:00 -0600", b"Message-ID: <m1@example.edu>")
+#: Where the poster puts it: (field replaced or added, how the payload goes in).
+SMUGGLING_PLACES = {
+    "Subject": ("Subject", lambda p: b"Subject: Hello" + p),
+    "From display name": ("From", lambda p: b"From: Jane" + p + b" <jane@example.edu>"),
+    "X- header": ("X-Note", lambda p: b"X-Note: a" + p),
+    "continuation line": ("X-Note", lambda p: b"X-Note: a\n b" + p),
+}
+
+
+def smuggling_message(place: str, sep: bytes) -> tuple[bytes, list[str], bytes]:
+    """(raw message, the field names it really has, its body) with :data:`SMUGGLED` joined by ``sep`` in ``place``."""
+    name, build = SMUGGLING_PLACES[place]
+    payload = sep + sep.join(SMUGGLED) + sep
+    lines = [line for line in _SMUGGLING_BASE if not line.startswith(name.encode() + b":")]
+    lines.append(build(payload))
+    body = b"Hello." + payload + b"\n"
+    return b"\n".join(lines) + b"\n\n" + body, [line.split(b":")[0].decode() for line in lines], body
+
+
+#: Header lines the standard library's parser rejects or chokes on (issue 10): each used to defer the message.
+STDLIB_REJECTS = [
+    b"To: <<<>>>",
+    b'To: a@b, ,,, @@@ "unterminated',
+    b"To: :;:;:;",
+    b"To: " + b"(" * 3000,
+    b"To: " + b"(" * 1500 + b"x" + b")" * 1500,
+    b"Reply-To: =?utf-8?q?broken",
+    b"Reply-To: a@\xff\xfe",
+    b'Reply-To: "\\',
+    b"Reply-To: <>",
+    b"Cc: @,@,@",
+    b"Sender: <>",
+    b"Message-ID:",
+    b"Message-ID: <>",
+    b"Message-ID: <@>",
+    b"Message-ID: " + b"<" * 1000,
+    b"In-Reply-To: <<",
+    b"References: " + b"<a@b> " * 5000,
+    b"Date: not a date",
+    b"Date: Wed, 99 Foo 2026 99:99:99 +9999",
+    b"Content-Type: text/plain; charset*=utf-8''%ZZ",
+    b"Content-Type: text/plain; charset*0*=utf-8''a; charset*2=b",
+    b"Content-Type: multipart/mixed; boundary*0=a; boundary*1*=%XX",
+    b"Content-Type: text/plain; name*=\xff\xfe''x",
+    b"Content-Type: text/plain; charset*=unknown-8bit''%E9%FF",
+    b"Content-Type: text/plain; charset*=''",
+    b'Content-Type: text/plain; charset="',
+    b"Content-Disposition: attachment; filename*=utf-8''%E9%",
+    b"Content-Type: text/plain; name*=\"utf-8''",  # the stdlib's parser raises IndexError
+    b"Content-Disposition: attachment; filename*=\"utf-8''",
+    b"Content-Transfer-Encoding: =?utf-8?q?",
+    b"Subject: =?utf-8?q?",
+    b"Subject: =?utf-8?b?!!!?=",
+    b"Subject: =?bogus?x?abc?=",
+    b"Subject: =?unknown-8bit?q?caf=E9?=",
+    b"Resent-From: \"",
+    b"Disposition-Notification-To: <<",
+    b"X-Binary: \x00\x01\xff\xfe\x80",
+    b"J\xfcrgen was here",  # a non-header line with 8-bit bytes in the header block
+    b"\xff\xfe\x00garbage",
+    b"Caf\xc3\xa9 : not a header",
+]
