@@ -12,22 +12,28 @@ class SendError(Defer):
     """sendmail failed; the message is one line (the mail side defers: exit 75)."""
 
 
-def submit(sendmail: str, sender: str, recipients: list[str], message: bytes, *, verp: bool = False,
+def submit(sendmail: str, sender: str, recipients: list[str], message, *, verp: bool = False,
            timeout: float = 600) -> None:
     """One submission: ``sendmail -G -i -f SENDER [-XV] -- RECIPIENT…``.
 
     ``-G`` marks it a relayed (not local) submission, so Postfix does not
     rewrite its headers; ``-i`` keeps lines with a single dot; ``-XV`` makes
     each recipient's copy return to ``SENDER-local+user=domain@…`` (VERP).
-    An empty sender submits with the null sender ``<>``.
+    An empty sender submits with the null sender ``<>``. ``message`` is bytes, or
+    an open file that sendmail reads from its start as its standard input (it
+    outlives a caller killed mid-write; a pipe would end the message there).
     """
     argv = [sendmail, "-G", "-i", "-f", sender or "<>"]
     if verp:
         argv.append("-XV")
     argv += ["--", *recipients]
     try:
-        proc = subprocess.run(argv, input=message, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              timeout=timeout)
+        if isinstance(message, bytes):
+            feed = {"input": message}
+        else:
+            message.seek(0)
+            feed = {"stdin": message}
+        proc = subprocess.run(argv, **feed, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
     except FileNotFoundError:
         raise SendError(f"{sendmail} not found") from None
     except PermissionError:

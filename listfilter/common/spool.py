@@ -7,6 +7,7 @@ Under the spool directory (site.spool_dir, writable by the ``listfilter`` user):
     events/bad/                records ingest could not read, each with a .reason file
     sent/<key>.json            progress, then completion, of one (message, list) delivery
     sent/<key>.lock            held while that delivery runs: one delivery at a time
+    sent/<key>.msg             the post as handed to sendmail, while the delivery runs
     sent/bad/                  progress records that could not be read, set aside
     notices/<day>/<sender>.<n> slot n of that sender's refusal notices that day
     bounces/<id>.json          one record per bounce received (create-only; sync scores them)
@@ -68,8 +69,34 @@ def _write(path: Path, data: bytes) -> None:
 
     try:
         write_bytes(path, data)
+    except IsADirectoryError:
+        # something that is no record stands where the record goes: it would
+        # fail the same way on every retry, so it is set aside, not waited on
+        set_aside(path, "a directory where a spool record belongs")
+        _write_once(path, data)
     except OSError as exc:
         raise SpoolError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    from .atomic import write_bytes
+
+    try:
+        write_bytes(path, data)
+    except OSError as exc:
+        raise SpoolError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _open_lock(path: Path) -> int:
+    """The lock file's descriptor; a directory in its place is set aside first."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except IsADirectoryError:
+        set_aside(path, "a directory where a lock file belongs")
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise SpoolError(f"cannot open {path}: {exc.strerror}") from None
 
 
 def set_aside(path: Path, reason: str) -> Path | None:
@@ -163,43 +190,84 @@ class Delivery:
     ``with Delivery(spool, key, list) as d:`` waits (at most :data:`LOCK_WAIT`
     seconds, then defers) until no other process delivers the same message to
     the same list, then reads its progress: whether it is ``done`` and how
-    recently (:meth:`recent`), and which recipients Postfix already
-    ``accepted``. A record that cannot be read is set aside (``set_aside``
-    says where) and the delivery starts afresh: a member may get a second
-    copy, but none is lost.
+    recently (:meth:`recent`), which recipients Postfix already ``accepted``,
+    and the batch that was handed to sendmail but not yet recorded as
+    accepted (``in_flight``: the process was killed between the two). A
+    record that cannot be read is set aside (``set_aside`` says where) and the
+    delivery starts afresh: a member may get a second copy, but none is lost.
+
+    The message goes to sendmail from a file, ``sent/<key>.msg``
+    (:meth:`message_file`), locked by the delivery. sendmail reads it as its
+    standard input and so shares the lock until it exits: a sendmail that
+    outlives a killed delivery holds it, and the retry waits for that
+    sendmail before it asks Postfix whether the batch arrived (a pipe would
+    give an orphaned sendmail end-of-file halfway and submit half a message).
     """
 
     def __init__(self, spool: Path, message_key: str, list_address: str):
         key = delivery_key(message_key, list_address)
         self.path = spool / SENT / f"{key}.json"
         self.lock_path = spool / SENT / f"{key}.lock"
+        self.message_path = spool / SENT / f"{key}.msg"
         self.fresh = {"message": message_key, "list": list_address, "done": False, "accepted": []}
         self.data = dict(self.fresh)
         self.set_aside: str | None = None
         self._fd: int | None = None
+        self._message = None  # the open, locked message file
 
     def __enter__(self):
         try:
-            self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = _open_lock(self.lock_path)
         except OSError as exc:
             raise SpoolError(f"cannot open {self.lock_path}: {exc.strerror}") from None
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    self.__exit__()
-                    raise SpoolError("another delivery of this message to this list is still running") from None
-                time.sleep(0.05)
+        if not self._lock(self._fd, time.monotonic() + LOCK_WAIT):
+            self.__exit__()
+            raise SpoolError("another delivery of this message to this list is still running")
         self.load()
+        if self.in_flight is not None and self.message_path.exists():
+            try:
+                self._hold_message("the sendmail of an earlier attempt of this delivery is still running")
+            except SpoolError:
+                self.__exit__()
+                raise
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._message is not None:
+            try:
+                self.message_path.unlink()  # every sendmail of ours has returned: nobody reads it
+            except OSError:
+                pass
+            self._message.close()
+            self._message = None
         if self._fd is not None:
             os.close(self._fd)  # releases the flock
             self._fd = None
+
+    @staticmethod
+    def _lock(fd: int, deadline: float) -> bool:
+        """flock ``fd`` exclusively, waiting until ``deadline`` (time.monotonic); whether it was had."""
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+
+    def _hold_message(self, busy: str) -> None:
+        """Open and lock ``sent/<key>.msg``; a sendmail still reading it makes this wait."""
+        if self._message is not None:
+            return
+        try:
+            fd = os.open(self.message_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot open {self.message_path}: {exc.strerror}") from None
+        if not self._lock(fd, time.monotonic() + LOCK_WAIT):
+            os.close(fd)
+            raise SpoolError(busy)
+        self._message = os.fdopen(fd, "r+b")
 
     def load(self) -> None:
         """Read the progress record (a dry run reads it without the lock)."""
@@ -208,12 +276,25 @@ class Delivery:
                 data = json.loads(fh.read())
             if not isinstance(data, dict) or not isinstance(data.get("accepted", []), list):
                 raise ValueError("not a progress record")
+            flight = data.get("in_flight")
+            if flight is not None and not (isinstance(flight, dict) and isinstance(flight.get("recipients"), list)):
+                raise ValueError("in_flight is not a batch")
             self.data = data
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as exc:
             where = set_aside(self.path, f"unreadable progress record: {exc}")
             self.set_aside = f"{self.path} was unreadable ({exc}); set aside as {where}; delivering afresh"
+
+    def _save(self, *, durable: bool = False) -> None:
+        """Replace the record; ``durable`` also syncs the directory, so that the rename survives a crash."""
+        from .atomic import write_bytes
+
+        try:
+            write_bytes(self.path, json.dumps(self.data, ensure_ascii=False).encode("utf-8", "surrogatepass"),
+                        sync_dir=durable)
+        except OSError as exc:
+            raise SpoolError(f"cannot write {self.path}: {exc.strerror}") from None
 
     @property
     def done(self) -> bool:
@@ -229,16 +310,65 @@ class Delivery:
     def accepted(self) -> set[str]:
         return {str(a).lower() for a in self.data.get("accepted", [])}
 
+    @property
+    def in_flight(self) -> dict | None:
+        """The batch handed to sendmail and not yet recorded: ``recipients``, ``count``, ``at`` (epoch
+        seconds) and ``attempts``; None when there is none."""
+        return self.data.get("in_flight")
+
+    @property
+    def batches(self) -> list[int]:
+        """How many recipients each batch recorded as accepted had, in order."""
+        return list(self.data.get("batches", []))
+
+    def message_file(self, message: bytes):
+        """``message`` in ``sent/<key>.msg``, locked, open for sendmail's standard input."""
+        self._hold_message("the message file of this delivery is locked by another process")
+        fh = self._message
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(message)
+            fh.flush()
+        except OSError as exc:
+            raise SpoolError(f"cannot write {self.message_path}: {exc.strerror}") from None
+        return fh
+
+    def begin_batch(self, addresses: list[str], *, message_id: str, log_position: dict | None) -> None:
+        """Record ``addresses`` as in flight, durably, before they are handed to sendmail.
+
+        The first batch of a delivery also records the Message-ID it goes
+        out with and where Postfix's log ended (``log_position``): a retry
+        reads the log from there to learn whether Postfix took a batch.
+        """
+        previous = self.in_flight or {}
+        same = previous.get("recipients") == list(addresses)
+        self.data.setdefault("message_id", message_id)
+        if "postfix_log" not in self.data:
+            self.data["postfix_log"] = log_position
+        self.data["in_flight"] = {"recipients": list(addresses), "count": len(addresses), "at": time.time(),
+                                  "attempts": int(previous.get("attempts", 0)) + 1 if same else 1}
+        self._save(durable=True)
+
     def record_batch(self, addresses: list[str], queue_id: str | None) -> None:
+        """Record ``addresses`` as accepted by Postfix; the batch in flight, if any, is no longer."""
         self.data["accepted"] = list(self.data.get("accepted", [])) + list(addresses)
         self.data.setdefault("queue_ids", []).append(queue_id)
-        _write(self.path, json.dumps(self.data, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        self.data["batches"] = self.batches + [len(addresses)]
+        self.data.pop("in_flight", None)
+        self._save()
+
+    def abandon_batch(self) -> None:
+        """Forget the batch in flight: Postfix did not take it, and it goes out again."""
+        if self.data.pop("in_flight", None) is not None:
+            self._save()
 
     def finish(self, **info) -> None:
         """Mark the delivery complete; the accepted addresses are no longer needed."""
         accepted = len(self.data.pop("accepted", []))
+        self.data.pop("in_flight", None)
         self.data.update(info, done=True, accepted_count=accepted)
-        _write(self.path, json.dumps(self.data, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        self._save()
 
 
 # --------------------------------------------------------------------------

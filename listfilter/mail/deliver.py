@@ -26,13 +26,13 @@ from pathlib import Path
 
 from ..common import spool as SP
 from ..common.addresses import bounces_address, parse_recipient, verp_member
-from ..common.errors import Defer, NoSuchList
+from ..common.errors import Defer, ListfilterError, NoSuchList
 from ..common.events import Event, now_utc, stable_id
 from ..common.paths import DEFAULT_SNAPSHOT
 from ..common.snapshot import Snapshot
 from . import rules as R
 from .command import help_requested, parse, print_help, queue_id_of, run, usage
-from .message import header_text, parse_headers, render, split_message
+from .message import Headers, header_text, poster_of, render, split_message
 
 OPTIONS = {"snapshot": DEFAULT_SNAPSHOT, "sender": None, "recipient": None, "queue-id": ""}
 FLAGS = ("dry-run",)
@@ -85,19 +85,31 @@ class Job:
         if self.sender.upper() == "MAILER-DAEMON":
             self.sender = ""
         self.raw = raw
+        self.event = None
         self.snap = snap
         self.row = row
         self.settings = snap.settings()
         self.spool = Path(self.settings["spool_dir"])
-        self.header_bytes, self.body = split_message(raw)
-        self.headers = parse_headers(self.header_bytes)  # the one parse of the message
+        fields, self.body = split_message(raw)
+        self.headers = Headers(fields)  # the one parse of the message
+        self.header_bytes = b"".join(f.raw for f in fields)
         if not self.dry:
             SP.ensure(self.spool)
 
     # ------------------------------------------------------------ a post
 
     def post(self) -> str:
-        from_name, from_addr = self._from()
+        """Decide and act on a post; a message that cannot be handled ends now, not in retries."""
+        try:
+            return self._post()
+        except ListfilterError:  # a snapshot, spool or sendmail problem: the world may change
+            raise
+        except Exception as exc:  # the message itself: it would fail the same way on every retry
+            return self._unhandled(exc)
+
+    def _post(self) -> str:
+        poster = poster_of(self.headers)
+        from_name, from_addr, self.from_problem = poster
         message_id = (header_text(self.headers, "Message-ID") or "").strip()
         message_key = message_id or f"queue:{self.queue_id}"
         self.new_message_id = not message_id
@@ -129,7 +141,7 @@ class Job:
             headers=self.headers, list_row=self.row, from_address=from_addr,
             may_post=bool(from_addr) and self.snap.may_post(self.row.address, from_addr),
             delivered_recently=progress.done and progress.recent(SP.DUPLICATE_WINDOW_DAYS),
-            message_id=self.event.message_id)
+            message_id=self.event.message_id, from_problem=self.from_problem)
         decision, trail = R.decide(facts)
         if self.dry:
             for name, verdict in trail:
@@ -148,24 +160,35 @@ class Job:
         return self._send(progress, from_addr, decision)
 
     def _send(self, progress: SP.Delivery, from_addr: str | None, decision) -> str:
+        """Hand the post to sendmail in batches, each recorded as in flight before it goes and as
+        accepted after; a batch a killed attempt left in flight is settled first (:mod:`.handoff`)."""
+        from .handoff import log_position, message_id_of, resolve
         from .headers import rewrite_headers
         from ..common.sendmail import submit
 
+        if self.new_message_id and progress.data.get("message_id"):
+            # a retry goes out with the Message-ID its earlier batches carried
+            self.event = self.event._replace(message_id=progress.data["message_id"])
         recipients = R.recipients([e for e, _ in self.snap.members(self.row.address)], poster=from_addr,
                                   exclude_poster=self.row.exclude_poster, list_address=self.row.address,
                                   suppressed=self.snap.suppressed())
-        if self.new_message_id:
-            self.headers["Message-ID"] = self.event.message_id
-        rewritten = render(rewrite_headers(self.headers, self.row, dt.datetime.now(self._tz())), self.body)
+        fields = rewrite_headers(self.headers, self.row, dt.datetime.now(self._tz()),
+                                 message_id=self.event.message_id if self.new_message_id else None)
+        rewritten = render(fields, self.body)
         if self.dry:
             return self._dry(f"delivered: would deliver to {len(recipients)} recipients", recipients, rewritten)
+        bounces = bounces_address(self.row.address)
+        resolve(progress, self.settings, sender=bounces, queue_id=self.queue_id)
         already = progress.accepted
         todo = [r for r in recipients if r.lower() not in already]
         parts = R.batches(todo)
         sent = len(recipients) - len(todo)
+        stdin = progress.message_file(rewritten) if parts else None
+        where = log_position(self.settings.get("postfix_log")) if parts and not progress.batches else None
         for n, batch in enumerate(parts, start=1):
+            progress.begin_batch(batch, message_id=message_id_of(fields), log_position=where)
             try:
-                submit(self.settings["sendmail"], bounces_address(self.row.address), batch, rewritten, verp=True)
+                submit(self.settings["sendmail"], bounces, batch, stdin, verp=True)
             except Exception as exc:  # SendError, or anything else: record, then defer
                 error = f"sendmail failed after {sent} of {len(recipients)} recipients: {exc}"
                 self._record("failed", decision, error, recipients, error=f"{error}; Postfix will retry")
@@ -182,7 +205,7 @@ class Job:
         from .notices import build_refusal_notice, notice_suppressed
         from ..common.sendmail import SendError, submit
 
-        why_not = notice_suppressed(self.sender, self.headers)
+        why_not = notice_suppressed(self.sender, self.headers, self.snap.get_list)
         now = dt.datetime.now(self._tz())
         slot = None
         if why_not is None and not self.dry:
@@ -193,7 +216,7 @@ class Job:
         notice = None
         if why_not is None:
             notice = build_refusal_notice(original_headers=self.header_bytes, lst=self.row,
-                                          poster=from_addr or self.sender, envelope_sender=self.sender,
+                                          poster=from_addr, envelope_sender=self.sender,
                                           reason=decision.reason, now=now, parsed=self.headers)
         note = f"notice sent to <{self.sender}>" if notice is not None else f"no notice ({why_not})"
         summary = f"to=<{self.row.address}>, from=<{from_addr or ''}>, status=bounced ({decision.reason}; {note})"
@@ -206,6 +229,22 @@ class Job:
                 SP.release_notice(slot)
                 raise Defer(f"cannot send the refusal notice: {exc}") from None
         return self._record("bounced", decision, summary, error=f"{decision.reason}; {note}")
+
+    def _unhandled(self, exc: Exception) -> str:
+        """Discard a message that breaks the handling, with its record and the traceback in syslog."""
+        import syslog
+        import traceback
+
+        qid = self.queue_id or "NOQUEUE"
+        for line in traceback.format_exc().splitlines():
+            syslog.syslog(syslog.LOG_ERR, f"{qid}: {line}")
+        reason = f"the message could not be handled ({type(exc).__name__}: {exc})"[:500]
+        decision = R.Decision("unhandled", R.DISCARD, reason)
+        if self.event is None:
+            self.event = Event(id=stable_id(f"queue:{self.queue_id}", self.row.address), status="",
+                               list_address=self.row.address, created_at="", envelope_sender=self.sender,
+                               queue_id=self.queue_id, list_display_name=self.row.display_name)
+        return self._record("discarded", decision, f"to=<{self.row.address}>, status=discarded ({reason})")
 
     # ------------------------------------------------------------ -owner, -request
 
@@ -223,20 +262,6 @@ class Job:
         return f"{kind} mail for {self.row.address} forwarded to {len(owners)} owner(s)"
 
     # ------------------------------------------------------------ helpers
-
-    def _from(self) -> tuple[str, str | None]:
-        """(display name, address) of the From header; address None if unusable."""
-        from email.errors import HeaderParseError
-
-        try:
-            header = self.headers["From"]
-            addresses = header.addresses if header is not None else ()
-        except (HeaderParseError, ValueError, IndexError, TypeError, AttributeError):
-            addresses = ()
-        if len(addresses) != 1 or not addresses[0].username or not addresses[0].domain:
-            return "", None
-        a = addresses[0]
-        return a.display_name, a.addr_spec
 
     def _tz(self):
         import zoneinfo

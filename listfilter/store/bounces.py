@@ -14,9 +14,28 @@ shares a PostgreSQL store keeps one score per address. The rules (Mailman's):
 - only permanent failures count (the mail side records no others);
   ``listfilter bounces clear ADDRESS`` lifts a suppression and forgets the score.
 
+Anyone can mail a -bounces address, and one ``sendmail -XV`` submission for
+every member means the VERP address carries no secret; so a record is only
+a claim, and :func:`verify` decides whether it counts. It counts when
+
+- it names a VERP member (a report to the plain -bounces address counts for
+  nobody), who is a member of the list now (the lists this sync compiled;
+  without them, the installed snapshot's);
+- one of the Message-IDs the report returned is that of a post the mail log
+  shows as delivered on that list to that member, at most
+  :data:`WINDOW_DAYS` days before the bounce came (the events are ingested
+  first, so a post delivered since the last sync is there);
+- no earlier bounce of the same post for the same member was counted: a
+  post bounces once per member, so one known Message-ID cannot be replayed
+  on five days.
+
+Every record is kept in ``bounce_records``, counted or not, with the reason
+it was not; sync says so on its output too.
+
 Tables (migration 4): ``bounce_scores`` (one row per address),
-``bounce_records`` (the id of every record counted, so that ingesting a
-record twice counts it once) and ``bounce_notices`` (owed, sent or dropped).
+``bounce_records`` (every record ingested, so that ingesting a record twice
+counts it once; since migration 5 with its member, the post it matched,
+whether it counted and why not) and ``bounce_notices`` (owed, sent or dropped).
 
 Why there is no race:
 
@@ -61,6 +80,13 @@ NOTICE_TEMPLATE = "notice-suppressed.txt.j2"
 SEND_TIMEOUT = 60
 #: The longest bounce record read (a bounce without VERP may list many addresses).
 RECORD_MAX_BYTES = 1024 * 1024
+#: How long after a post a bounce of it counts: longer than Postfix's maximal_queue_lifetime
+#: (5 days), the longest a copy waits in a queue before it bounces.
+WINDOW_DAYS = 7
+#: How far a post may seem to come after its bounce (two hosts' clocks, one store).
+CLOCK_SKEW = dt.timedelta(hours=1)
+#: The most not-counted records sync names one by one on its output.
+NOT_COUNTED_SHOWN = 20
 
 _UTC = dt.timezone.utc
 
@@ -161,35 +187,132 @@ def _score_row(store: Store, r) -> BounceScore:
 # Counting one record
 
 
-def count(store: Store, record: EV.BounceRecord, now: dt.datetime | None = None) -> list[BounceScore] | None:
-    """Score one bounce record in one transaction; the addresses it newly suppressed.
+#: The members of each list (lower-cased), as sync compiled them: {list address: {member, …}}.
+Members = dict[str, set[str]]
 
-    None when the record was counted before (its id is in ``bounce_records``).
+
+@dataclass(frozen=True)
+class Counted:
+    """What scoring one record did: the addresses it newly suppressed, or why it did not count."""
+
+    newly: list[BounceScore] = field(default_factory=list)
+    reason: str = ""  # "" when it counted
+    message_id: str = ""  # the post it matched
+
+
+def _received(record: EV.BounceRecord) -> dt.datetime:
+    received = dt.datetime.fromisoformat(record.received_at)
+    return received.replace(tzinfo=_UTC) if received.tzinfo is None else received
+
+
+def _id_variants(message_ids) -> list[str]:
+    """Each Message-ID with and without its angle brackets, as a mail log row may hold it."""
+    out: list[str] = []
+    for m in message_ids:
+        m = m.strip()
+        bare = m[1:-1] if m.startswith("<") and m.endswith(">") else m
+        for v in (m, bare, f"<{bare}>"):
+            if v and v not in out:
+                out.append(v)
+    return out
+
+
+def verify(store: Store, record: EV.BounceRecord, members: Members | None = None) -> tuple[str, str]:
+    """Whether ``record`` counts: ("", the Message-ID of the post it matched) or (why not, "").
+
+    ``members`` are the lists' current members; None checks only the mail
+    log (whoever a post was delivered to was a member when it went out).
+    """
+    if record.reason:
+        return record.reason, ""
+    member, lst = record.member.strip().lower(), record.list_address.strip().lower()
+    if not member:
+        return "no VERP member: a report to the plain -bounces address counts for nobody", ""
+    if member not in record.permanent:
+        return f"no permanent failure of {member}", ""
+    if members is not None:
+        if lst not in members:
+            return f"no list {lst} any more", ""
+        if member not in members[lst]:
+            return f"{member} is not a member of {lst} now", ""
+    if not record.message_ids:
+        return "the report returns no Message-ID of a post (no returned headers)", ""
+    received = _received(record)
+    earliest, latest = received - dt.timedelta(days=WINDOW_DAYS), received + CLOCK_SKEW
+    variants = _id_variants(record.message_ids)
+    # by Message-ID alone, which its index answers at once; a post has a row or two
+    rows = [r for r in store._q(
+        f"SELECT list_address, {store._read_column('status')}, created_at, message_id, recipients FROM mail_logs"
+        f" WHERE message_id IN ({', '.join('?' for _ in variants)})", variants)
+        if r[0] == lst and r[1] == "delivered" and earliest <= store._from_ts(r[2]) <= latest]
+    for _, _, _, message_id, recipients in rows:
+        sent_to = json.loads(recipients) if isinstance(recipients, str) else (recipients or [])
+        if member in (r.lower() for r in sent_to if isinstance(r, str)):
+            return "", message_id
+    named = ", ".join(record.message_ids[:3]) + (" …" if len(record.message_ids) > 3 else "")
+    if rows:
+        return f"post {named} was not sent to {member}", ""
+    return (f"no post {named} was delivered on {lst} in the {WINDOW_DAYS} days before the bounce"
+            " (not a report of our mail)"), ""
+
+
+def _counted_before(store: Store, record: EV.BounceRecord, message_id: str) -> bool:
+    """Whether a bounce of this post for this member (on this list) was counted already."""
+    return bool(store._q(
+        "SELECT 1 FROM bounce_records WHERE member = ? AND message_id = ? AND list_address = ? AND counted = ?"
+        " AND id <> ? LIMIT 1",
+        (record.member.lower(), message_id, record.list_address.lower(), store._bool(True), record.id)))
+
+
+def count(store: Store, record: EV.BounceRecord, now: dt.datetime | None = None, *,
+          members: Members | None = None) -> Counted | None:
+    """Check and score one bounce record in one transaction (see :func:`verify`).
+
+    None when the record was ingested before (its id is in
+    ``bounce_records``). A record that does not count is kept there with
+    its reason, and touches no score.
     """
     now = now or dt.datetime.now(_UTC)
     day = dt.date.fromisoformat(record.day)
-    received = dt.datetime.fromisoformat(record.received_at)
-    received = received.replace(tzinfo=_UTC) if received.tzinfo is None else received
-    newly = []
+    member = record.member.strip().lower()
     with store.transaction():
         inserted = store._execute(
-            "INSERT INTO bounce_records (id, list_address, day, received_at, addresses, queue_id, counted_at)"
-            f" VALUES (?, ?, ?, ?, {_json(store)}, ?, ?) ON CONFLICT (id) DO NOTHING",
-            (record.id, record.list_address.lower(), _day_param(store, day), store._ts(received),
-             json.dumps(list(record.permanent)), record.queue_id, store._ts(now))).rowcount
+            "INSERT INTO bounce_records (id, list_address, day, received_at, addresses, queue_id, counted_at,"
+            f" member, message_id, counted, reason) VALUES (?, ?, ?, ?, {_json(store)}, ?, ?, ?, '', ?, '')"
+            " ON CONFLICT (id) DO NOTHING",
+            (record.id, record.list_address.lower(), _day_param(store, day), store._ts(_received(record)),
+             json.dumps(list(record.permanent)), record.queue_id, store._ts(now), member,
+             store._bool(False))).rowcount
         if inserted == 0:
             return None
-        for address in sorted(set(record.permanent)):  # one lock order for every transaction
-            state = _locked(store, address, now)
-            new, became = score(state, day)
-            new = dataclasses.replace(new, lists=tuple(sorted(set(state.lists) | {record.list_address.lower()})))
-            if became:
-                new = dataclasses.replace(new, suppressed_at=now, reason=(
-                    f"{new.score} bounces, the last on {day.isoformat()} from {record.list_address.lower()}"))
-                _owe_notice(store, new, record.list_address.lower(), now)
-                newly.append(new)
-            _save(store, new, now)
-    return newly
+        reason, message_id = verify(store, record, members)
+        state = None
+        if not reason:
+            again = f"a bounce of post {message_id} for {member} was counted already"
+            if _counted_before(store, record, message_id):
+                reason = again
+            else:
+                state = _locked(store, member, now)
+                if _counted_before(store, record, message_id):  # counted by another host meanwhile
+                    reason = again
+        if reason:
+            store._execute("UPDATE bounce_records SET reason = ?, message_id = ? WHERE id = ?",
+                           (reason[:500], message_id, record.id))
+            log.info("bounce record %s (%s, %s) not counted: %s", record.id, member or "no VERP",
+                     record.list_address, reason)
+            return Counted(reason=reason)
+        store._execute("UPDATE bounce_records SET counted = ?, message_id = ? WHERE id = ?",
+                       (store._bool(True), message_id, record.id))
+        new, became = score(state, day)
+        new = dataclasses.replace(new, lists=tuple(sorted(set(state.lists) | {record.list_address.lower()})))
+        newly = []
+        if became:
+            new = dataclasses.replace(new, suppressed_at=now, reason=(
+                f"{new.score} bounces, the last on {day.isoformat()} from {record.list_address.lower()}"))
+            _owe_notice(store, new, record.list_address.lower(), now)
+            newly.append(new)
+        _save(store, new, now)
+    return Counted(newly=newly, message_id=message_id)
 
 
 def _locked(store: Store, address: str, now: dt.datetime) -> BounceScore:
@@ -233,6 +356,7 @@ class BounceIngest(IngestResult):
     """What one ingest of ``bounces/`` did; ``ingested`` counts records, new or already counted."""
 
     newly_suppressed: list[BounceScore] = field(default_factory=list)
+    not_counted: list[tuple[EV.BounceRecord, str]] = field(default_factory=list)  # (record, why not)
 
 
 def waiting(spool_dir: Path) -> list[Path]:
@@ -240,11 +364,13 @@ def waiting(spool_dir: Path) -> list[Path]:
     return waiting_records(spool_dir, BOUNCES)
 
 
-def ingest_bounces(store: Store, spool_dir: Path, *, wait: bool = True) -> BounceIngest:
+def ingest_bounces(store: Store, spool_dir: Path, *, wait: bool = True,
+                   members: Members | None = None) -> BounceIngest:
     """Score every bounce record in the spool (see the module docstring); raise StoreError.
 
     Records are scored in the order of their day, so that two days' bounces
-    ingested together both count. A store that fails stops the ingest and
+    ingested together both count; ``members`` are the lists' current
+    members (:func:`verify`). A store that fails stops the ingest and
     leaves the remaining records (claimed) for the next one.
     """
     result = BounceIngest()
@@ -269,7 +395,7 @@ def ingest_bounces(store: Store, spool_dir: Path, *, wait: bool = True) -> Bounc
         records.sort(key=lambda pr: (pr[1].day, pr[1].received_at, pr[1].id))
         for path, record in records:
             try:
-                newly = count(store, record)
+                outcome = count(store, record, members=members)
             except store.refused_errors() as exc:
                 _set_aside(directory, path, f"refused by the store: {_first_line(exc)}", result)
                 continue
@@ -278,7 +404,10 @@ def ingest_bounces(store: Store, spool_dir: Path, *, wait: bool = True) -> Bounc
             except FileNotFoundError:
                 pass
             result.ingested += 1
-            result.newly_suppressed.extend(newly or ())
+            if outcome is not None:
+                result.newly_suppressed.extend(outcome.newly)
+                if outcome.reason:
+                    result.not_counted.append((record, outcome.reason))
     return result
 
 
@@ -492,9 +621,43 @@ def _wanted(config) -> bool:
     return in_use(config) or bool(waiting(config.site.spool_dir))
 
 
-def before_sync(config, *, ingest: bool = True) -> BounceSync:
+def members_of(lists) -> Members:
+    """Each compiled list's members, lower-cased: who a bounce may count for."""
+    return {l.address.lower(): {e.lower() for e, _ in l.members} for l in lists}
+
+
+def installed_members(config) -> Members | None:
+    """The installed snapshot's members of each list (None if there is no usable snapshot)."""
+    from ..common.snapshot import Snapshot, SnapshotError
+
+    try:
+        with Snapshot(config.site.snapshot_path) as snap:
+            return {row.address: {e.lower() for e, _ in snap.members(row.address)} for row in snap.lists()}
+    except SnapshotError:
+        return None
+
+
+def _ingest_events_first(store: Store, spool: Path, out: "BounceSync") -> None:
+    """Ingest the waiting events, so that a post delivered since the last sync is in the mail log.
+
+    Only when bounce records wait: otherwise the mail log's own ingest,
+    after the snapshot is installed, does it (and reports it) as before.
+    """
+    from ..common.spool import BAD, EVENTS
+    from .ingest import ingest
+
+    result = ingest(store, spool)
+    if result.ingested:
+        out.notes.append(f"mail log: {result.ingested} event(s) logged (before scoring bounces)")
+    for name, reason in result.bad:
+        out.warnings.append(f"spool event {name} is malformed, moved to {spool / EVENTS / BAD}: {reason}")
+
+
+def before_sync(config, *, ingest: bool = True, lists=None) -> BounceSync:
     """Score the spool's bounce records (unless ``ingest`` is false) and read the suppressed set.
 
+    ``lists`` are the lists this sync compiled: a bounce counts only for
+    their members (without them, the installed snapshot's members).
     Never raises for a store problem: a store that is down or not set up
     keeps the installed snapshot's suppressed set, with a warning, so that
     nobody is sent to again only because the store could not be read.
@@ -502,12 +665,16 @@ def before_sync(config, *, ingest: bool = True) -> BounceSync:
     spool = config.site.spool_dir
     if not _wanted(config):
         return BounceSync(installed_suppressed(config))
+    out = BounceSync({})
     try:
         with open_store(config.store) as store:
             store.require_current()
             result = BounceIngest()
             if ingest:
-                result = ingest_bounces(store, spool)
+                if waiting(spool):
+                    _ingest_events_first(store, spool, out)
+                members = members_of(lists) if lists is not None else installed_members(config)
+                result = ingest_bounces(store, spool, members=members)
                 purge_records(store, config.store.retention_days)
             current = suppressed(store)
     except (StoreError, OSError) as exc:
@@ -518,11 +685,17 @@ def before_sync(config, *, ingest: bool = True) -> BounceSync:
         return BounceSync(kept, warnings=[f"bounces not scored: {why}{more};"
                                           f" keeping the installed snapshot's {len(kept)} suppressed address(es)"],
                           store_ok=False)
-    out = BounceSync(current)
+    out.suppressed = current
     for name, reason in result.bad:
         out.warnings.append(f"spool bounce record {name} is malformed, moved to {spool / BOUNCES / 'bad'}: {reason}")
     if result.ingested:
         out.notes.append(f"bounces: {result.ingested} record(s) scored")
+    for record, reason in result.not_counted[:NOT_COUNTED_SHOWN]:
+        who = record.member or ", ".join(record.permanent) or "nobody"
+        out.notes.append(f"bounces: not counted for {who} on {record.list_address} ({record.id}): {reason}")
+    if len(result.not_counted) > NOT_COUNTED_SHOWN:
+        out.notes.append(f"bounces: {len(result.not_counted) - NOT_COUNTED_SHOWN} more record(s) not counted"
+                         " (their reasons are in bounce_records)")
     for s in result.newly_suppressed:
         out.notes.append(f"bounces: {s.address} suppressed ({s.reason}); the owners will be told")
     return out

@@ -15,7 +15,9 @@ top: the sender's name, the full recipient list, the queue id and the body.
 Version 3 adds the ``discarded`` status (loops and duplicates), the rule that
 decided and the SMTP client of a refusal at RCPT time. Version 4 adds bounce
 scoring (:mod:`listfilter.store.bounces`): one score per address, the bounce
-records already counted, and the notices owed to list owners.
+records already counted, and the notices owed to list owners. Version 5
+records, for each bounce record, the member and the post it refers to,
+whether it counted, and why not.
 
 Never edit a released migration: add a new one.
 """
@@ -227,6 +229,27 @@ MIGRATIONS: tuple[Migration, ...] = (
                 sent_at timestamp
             )""",
             "CREATE INDEX bounce_notices_status_idx ON bounce_notices (status, id)",
+        ),
+    ),
+    Migration(
+        5, "bounce records: the member, the post, whether counted and why not",
+        # A bounce counts only for a post the mail log shows was delivered to the member
+        # (listfilter.store.bounces.verify); every record is kept, counted or not, with its reason.
+        sqlite=(
+            "ALTER TABLE bounce_records ADD COLUMN member TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE bounce_records ADD COLUMN message_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE bounce_records ADD COLUMN counted INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE bounce_records ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX bounce_records_post_idx ON bounce_records (member, message_id)",
+            "CREATE INDEX IF NOT EXISTS mail_logs_message_id_idx ON mail_logs (message_id)",
+        ),
+        postgresql=(
+            "ALTER TABLE bounce_records ADD COLUMN IF NOT EXISTS member text NOT NULL DEFAULT ''",
+            "ALTER TABLE bounce_records ADD COLUMN IF NOT EXISTS message_id text NOT NULL DEFAULT ''",
+            "ALTER TABLE bounce_records ADD COLUMN IF NOT EXISTS counted boolean NOT NULL DEFAULT true",
+            "ALTER TABLE bounce_records ADD COLUMN IF NOT EXISTS reason text NOT NULL DEFAULT ''",
+            "CREATE INDEX IF NOT EXISTS bounce_records_post_idx ON bounce_records (member, message_id)",
+            "CREATE INDEX IF NOT EXISTS mail_logs_message_id_idx ON mail_logs (message_id)",
         ),
     ),
 )

@@ -50,7 +50,8 @@ def _compile(config, rows) -> list[CompiledList]:
             members_t, posters_t = computed[lst.name]
             address = f"{lst.local_part}@{dname}"
             rule = lst.posters.describe()
-            notice, undated = refusal_notices(address, lst.display_name, lst.description, rule)
+            notice, undated = refusal_notices(address, lst.display_name, lst.description, rule,
+                                              **_contact(config, lst, dname))
             out.append(CompiledList(
                 address=address,
                 name=lst.name,
@@ -71,16 +72,41 @@ def _compile(config, rows) -> list[CompiledList]:
     return out
 
 
-def refusal_notices(address: str, display_name: str, description: str, posters_rule: str) -> tuple[str, str]:
-    """The refusal notice's text for one list, with and without the original's date."""
+def refusal_notices(address: str, display_name: str, description: str, posters_rule: str, *,
+                    reply_to: str | None = None, reply_to_name: str = "", reply_to_posters: str = "") -> tuple[str, str]:
+    """The refusal notice's text for one list, with and without the original's date.
+
+    ``reply_to`` is the list's contact address for replies (its ``reply_to``),
+    named in the notice as a place to write instead unless it is the list
+    itself; ``reply_to_name`` and ``reply_to_posters`` describe it when it is
+    one of our lists. The per-message fields stay markers (NOTICE_FIELDS).
+    """
     from ..common.addresses import owner_address
     from .templating import render
 
+    if reply_to and reply_to.lower() == address.lower():
+        reply_to = None  # a reply-to-list list: its contact is the list that refused the post
     context = dict(list_name=display_name, list_address=address, list_description=description,
                    owner_address=owner_address(address), posters_description=posters_rule,
+                   reply_to=reply_to or "", reply_to_name=reply_to_name if reply_to else "",
+                   reply_to_posters=reply_to_posters if reply_to else "",
                    **{f: notice_marker(f) for f in NOTICE_FIELDS})
     return (render(NOTICE_TEMPLATE, **context),
             render(NOTICE_TEMPLATE, **{**context, "original_date": ""}))
+
+
+def _contact(config, lst, domain: str) -> dict[str, str | None]:
+    """The list's reply_to address, and its name and posting rule when it is
+    one of our lists (a student told to write to a list they may not post to
+    should be told that too)."""
+    reply_to = config.reply_to_address(lst, domain)
+    if reply_to is None:
+        return {"reply_to": None}
+    for other in config.lists.values():
+        if any(f"{other.local_part}@{d}" == reply_to.lower() for d in other.domains):
+            return {"reply_to": reply_to, "reply_to_name": other.display_name,
+                    "reply_to_posters": other.posters.describe()}
+    return {"reply_to": reply_to}
 
 
 def summary(lst: CompiledList) -> str:

@@ -68,17 +68,18 @@ def plan(config: Config, rows: list[R.Enrollment] | None = None,
         from ..store.bounces import before_sync
 
         suppressed = before_sync(config, ingest=False).suppressed
-    digest = K.digest(lists, K.site_settings(config), suppressed)
     maps = M.render(config, lists)
-    return Plan(
-        lists=lists,
-        digest=digest,
-        snapshot_changed=S.installed_digest(config.site.snapshot_path) != digest,
-        maps=maps,
-        maps_changed=M.changed(config, maps),
-        rows=rows,
-        suppressed=suppressed,
-    )
+    return with_suppressed(config, Plan(lists=lists, digest="", snapshot_changed=True, maps=maps,
+                                        maps_changed=M.changed(config, maps), rows=rows), suppressed)
+
+
+def with_suppressed(config: Config, p: Plan, suppressed: dict[str, str]) -> Plan:
+    """The plan with this suppressed set: only the digest depends on it, not the compiled lists or the maps."""
+    from dataclasses import replace
+
+    digest = K.digest(p.lists, K.site_settings(config), suppressed)
+    return replace(p, digest=digest, suppressed=suppressed,
+                   snapshot_changed=S.installed_digest(config.site.snapshot_path) != digest)
 
 
 def apply(config: Config, p: Plan) -> Result:
@@ -123,7 +124,8 @@ def run(config: Config, user: str | None = None, *, install=None) -> Result:
     next sync. ``listfilter check`` reports such a store as a problem.
 
     Bounces come first and last (:mod:`listfilter.store.bounces`): the spool's
-    bounce records are scored before compiling, so a new suppression is in
+    bounce records are scored against the members just compiled, before the
+    snapshot is planned, so a new suppression is in
     this snapshot (a store that cannot be used keeps the installed snapshot's
     suppressed set); the owner notices owed go out once it is installed.
     """
@@ -133,8 +135,9 @@ def run(config: Config, user: str | None = None, *, install=None) -> Result:
         if P.drops(user):
             return P.run_as(config, P.account(user))
     with lock(config) if install is None else nullcontext():
-        bounces = _score_bounces(config)
-        p = plan(config, suppressed=bounces.suppressed)
+        first = plan(config, suppressed={})  # the roster, compiled: a bounce counts only for a member now
+        bounces = _score_bounces(config, first.lists)
+        p = with_suppressed(config, first, bounces.suppressed)
         result = (install or apply)(config, p)
         result.notes.extend(bounces.notes)
         result.warnings.extend(bounces.warnings)
@@ -156,8 +159,8 @@ def run(config: Config, user: str | None = None, *, install=None) -> Result:
         return result
 
 
-def _score_bounces(config: Config):
-    """Score the spool's bounce records in the store and read the suppressed set, before compiling.
+def _score_bounces(config: Config, lists=None):
+    """Score the spool's bounce records in the store and read the suppressed set, before planning.
 
     Any failure keeps the installed snapshot's suppressed set: an address is
     never sent to again only because scoring could not run.
@@ -165,7 +168,7 @@ def _score_bounces(config: Config):
     from ..store import bounces as B
 
     try:
-        return B.before_sync(config)
+        return B.before_sync(config, lists=lists)
     except Exception as exc:  # never let scoring stop the roster from reaching the lists
         kept = B.installed_suppressed(config)
         return B.BounceSync(kept, warnings=[f"bounces not scored: internal error ({type(exc).__name__}: {exc});"

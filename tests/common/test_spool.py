@@ -185,6 +185,92 @@ def test_a_waiting_delivery_sees_the_first_ones_progress(spool):
     assert seen == {"done": True}  # read under the lock, after the first finished
 
 
+def test_a_batch_in_flight_survives_a_kill_until_it_is_recorded(spool):
+    position = {"path": "/var/log/mail.log", "inode": 12, "offset": 3456}
+    with SP.Delivery(spool, KEY, STUDENTS) as d:
+        assert d.in_flight is None and d.batches == []
+        d.begin_batch(["a@example.org", "b@example.org"], message_id="<m1@example.edu>", log_position=position)
+    # killed here: the next attempt finds the batch in flight
+    with SP.Delivery(spool, KEY, STUDENTS) as d:
+        flight = d.in_flight
+        assert flight["recipients"] == ["a@example.org", "b@example.org"] and flight["count"] == 2
+        assert abs(flight["at"] - time.time()) < 60 and flight["attempts"] == 1
+        assert d.accepted == set()
+        d.begin_batch(["a@example.org", "b@example.org"], message_id="<other@x>", log_position=None)
+        assert d.in_flight["attempts"] == 2  # sent again
+        assert d.data["message_id"] == "<m1@example.edu>" and d.data["postfix_log"] == position  # the first's
+        d.record_batch(["a@example.org", "b@example.org"], "4ABC")
+        d.begin_batch(["c@example.org"], message_id="<m1@example.edu>", log_position=None)
+    with SP.Delivery(spool, KEY, STUDENTS) as d:
+        assert d.accepted == {"a@example.org", "b@example.org"} and d.batches == [2]
+        assert d.in_flight["recipients"] == ["c@example.org"] and d.in_flight["attempts"] == 1
+        d.abandon_batch()
+    with SP.Delivery(spool, KEY, STUDENTS) as d:
+        assert d.in_flight is None
+        d.begin_batch(["c@example.org"], message_id="<m1@example.edu>", log_position=None)
+        d.finish(recipients=3)
+    with SP.Delivery(spool, KEY, STUDENTS) as d:
+        assert d.done and d.in_flight is None
+
+
+def test_an_unreadable_batch_in_flight_is_set_aside(spool):
+    path = spool / "sent" / f"{SP.delivery_key(KEY, STUDENTS)}.json"
+    path.write_text(json.dumps({"accepted": [], "in_flight": {"recipients": "a@example.org"}}))
+    with SP.Delivery(spool, KEY, STUDENTS) as d:
+        assert d.in_flight is None and "in_flight is not a batch" in d.set_aside
+
+
+def test_the_message_file_goes_when_the_delivery_ends(spool):
+    with SP.Delivery(spool, KEY, STUDENTS) as d:
+        d.message_file(b"Subject: a longer first version\n\nbody\n")
+        fh = d.message_file(b"Subject: s\n\nbody\n")  # rewritten in place
+        fh.seek(0)
+        assert fh.read() == d.message_path.read_bytes() == b"Subject: s\n\nbody\n"
+    assert not d.message_path.exists()
+
+
+#: A delivery that hands its message file to a lingering stand-in for sendmail (it reads its
+#: input, then waits, as sendmail waits for postdrop), prints the stand-in's pid and is killed.
+KILLED_DELIVERY = """
+import os, subprocess, sys
+from pathlib import Path
+from listfilter.common import spool as SP
+d = SP.Delivery(Path(sys.argv[1]), sys.argv[2], sys.argv[3]).__enter__()
+d.begin_batch(["a@example.org"], message_id="<m1@example.edu>", log_position=None)
+stdin = d.message_file(b"Subject: s\\n\\nbody\\n")
+p = subprocess.Popen(["sh", "-c", "cat > /dev/null; exec sleep 60"], stdin=stdin, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+print(p.pid, flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_retry_waits_for_a_sendmail_that_outlived_the_killed_delivery(spool, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(SP, "LOCK_WAIT", 0.3)
+    killed = subprocess.run([sys.executable, "-c", KILLED_DELIVERY, str(spool), KEY, STUDENTS],
+                            capture_output=True, text=True, timeout=30)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    orphan = int(killed.stdout)
+    try:
+        with pytest.raises(SP.SpoolError, match="the sendmail of an earlier attempt of this delivery is still"):
+            with SP.Delivery(spool, KEY, STUDENTS):
+                pass
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+    for _ in range(100):  # the orphan is init's child now: wait until it is gone
+        try:
+            os.kill(orphan, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    with SP.Delivery(spool, KEY, STUDENTS) as d:  # now free, and the batch is still in flight
+        assert d.in_flight["recipients"] == ["a@example.org"]
+
+
 def test_delivery_without_a_sent_directory_defers(tmp_path):
     with pytest.raises(SP.SpoolError, match="cannot open"):
         with SP.Delivery(tmp_path, KEY, STUDENTS):

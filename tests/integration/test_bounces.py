@@ -7,6 +7,10 @@ One private Postfix instance (tests.harness.postfix), the aiosmtpd sink as its r
 real PostgreSQL for the roster and the store; main.cf and master.cf as `listfilter
 postfix-config` renders them. Five days of bounces are simulated by moving the store's last
 bounce back one day after each.
+
+Anyone can mail the -bounces addresses: a stranger's forged reports, mailed straight to a
+member's VERP address on five (simulated) days, must never suppress the member, while Postfix's
+real report of a real post still counts.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -195,3 +200,99 @@ def test_a_member_bouncing_on_five_days_is_suppressed_and_the_owners_told_once(s
     assert site.sink.wait_for(len(RECIPIENTS), timeout=60), site.pf.log_tail(40)
     site.settle()
     assert "alice@example.edu" in {r.lower() for m in site.sink.snapshot() for r in m.rcpt_tos}
+
+
+# A report in the form Postfix writes, for a copy of a post it never refused: what a stranger can send.
+FORGED = """From: Mail Delivery System <MAILER-DAEMON@mx.evil.example>
+To: {verp}
+Subject: Undelivered Mail Returned to Sender
+Auto-Submitted: auto-replied
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="BB"
+Message-ID: <forged-{n}@mx.evil.example>
+
+--BB
+Content-Type: text/plain; charset=us-ascii
+
+<alice@example.edu>: host mx.example.edu said: 550 5.1.1 User unknown
+
+--BB
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.evil.example
+
+Final-Recipient: rfc822; alice@example.edu
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 User unknown
+{returned}--BB--
+"""
+HEADERS = """
+--BB
+Content-Type: text/rfc822-headers
+
+From: Pat Prof <prof@example.edu>
+To: {STUDENTS}
+Subject: [CS 199 Students] anything
+Message-ID: {{message_id}}
+
+"""
+
+
+def forged(n: int, message_id: str | None) -> str:
+    returned = HEADERS.format(STUDENTS=STUDENTS).format(message_id=message_id) if message_id else "\n"
+    return FORGED.format(verp=f"students-bounces+alice=example.edu@{DOMAIN}", n=n, returned=returned)
+
+
+def dated(site: Site, day: dt.date) -> None:
+    """Give the waiting bounce records ``day``: the day they arrived on, simulated."""
+    for path in (site.spool / "bounces").glob("*.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "day": day.isoformat()}))
+
+
+def test_a_strangers_forged_reports_on_five_days_never_suppress_a_member(site):
+    # alice receives a real post: a stranger who learned its Message-ID can replay it
+    site.sink.clear()
+    site.post("a real post", "forge-target@example.edu")
+    assert site.sink.wait_for(len(RECIPIENTS), timeout=60), site.pf.log_tail(40)
+    site.settle()
+    site.listfilter("sync")
+    today = dt.datetime.now(ZoneInfo("America/Chicago")).date()
+    claims = ["<made-up-1@evil.example>", None, "<not-ours@elsewhere.example>",
+              "<forge-target@example.edu>", "<forge-target@example.edu>"]
+    for n, message_id in enumerate(claims):
+        path = site.base / f"forged-{n}.eml"
+        path.write_text(forged(n, message_id))
+        proc = swaks("--to", f"students-bounces+alice=example.edu@{DOMAIN}", "--from", "stranger@evil.example",
+                     "--data", f"@{path}", port=site.pf.smtpd_port)
+        assert "queued as" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        assert wait_until(site.records), site.pf.log_tail(40)
+        site.settle()
+        dated(site, today - dt.timedelta(days=len(claims) - 1 - n))
+        out = site.listfilter("sync")
+        score = site.score("alice@example.edu")
+        if n < 3:  # a Message-ID nobody sent, none at all, one not of ours: nothing, not even a score row
+            assert score is None and "bounces: not counted for alice@example.edu" in out.stdout, out.stdout
+        else:  # a real post replayed: one point for that post, once
+            assert score.score == 1 and not score.suppressed
+        assert site.suppressed() == {}
+    assert "a bounce of post <forge-target@example.edu> for alice@example.edu was counted already" in out.stdout
+    with ST.open_store(site.config.store) as store:
+        kept = store._q("SELECT counted, reason FROM bounce_records ORDER BY received_at DESC"
+                        " LIMIT 5")
+    assert sum(1 for counted, _ in kept if counted) == 1 and all(reason for counted, reason in kept if not counted)
+    # a real bounce of a real post still counts
+    site.sink.reject["alice@example.edu"] = "550 5.1.1 <alice@example.edu>: mailbox unavailable"
+    try:
+        site.sink.clear()
+        site.post("a real bounce", "really-bounced@example.edu")
+        [rec] = wait_until(site.records)
+        site.settle()
+        assert rec["member"] == "alice@example.edu" and rec["message_ids"] == ["<really-bounced@example.edu>"]
+        site.back_one_day("alice@example.edu")
+        out = site.listfilter("sync")
+        assert "not counted" not in out.stdout, out.stdout
+        assert site.score("alice@example.edu").score == 2 and site.suppressed() == {}
+    finally:
+        site.sink.reject.clear()
+        site.listfilter("bounces", "clear", "alice@example.edu")

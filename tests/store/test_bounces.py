@@ -1,9 +1,13 @@
-"""Bounce scoring in the store: the rules, ingest of the spool's records, sync, notices, the CLI and the page.
+"""Bounce scoring in the store: the rules, what counts, ingest of the spool's records, sync, notices, the CLI
+and the page.
 
 The scoring rules are one table; everything else runs on SQLite and on the
-real PostgreSQL. The tests through real processes start ``listfilter-bounce``
-(the console script) with a real Postfix DSN and run ``listfilter sync`` with
-a stand-in sendmail that keeps every submission as a file.
+real PostgreSQL. A bounce counts only for a post the mail log shows as
+delivered to the member, so every test that counts one first puts that post
+there (:func:`store_posts`, or its event in the spool for sync to ingest). The
+tests through real processes start ``listfilter-bounce`` (the console
+script) with a real Postfix DSN and run ``listfilter sync`` with a stand-in
+sendmail that keeps every submission as a file.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ STAFF = "staff@lists.example.edu"
 OWNER = "owner@example.edu"
 TZ = zoneinfo.ZoneInfo("America/Chicago")
 DSN_SAMPLE = REPO / "tests" / "data" / "bounces" / "postfix-550.eml"
+#: The post DSN_SAMPLE returns the headers of.
+DSN_POST = "<t1@example.edu>"
 BOUNCE = Path(sys.executable).parent / "listfilter-bounce"
 D = dt.date(2026, 11, 2)
 
@@ -197,17 +203,49 @@ def today() -> dt.date:
 
 
 def record(address: str, day: dt.date, list_address: str = STUDENTS, **fields) -> EV.BounceRecord:
+    """A VERP bounce of ``address``'s copy of a post of its own (see :func:`post_of`)."""
     values = dict(id=EV.random_id(), list_address=list_address, received_at=EV.now_utc(), day=day.isoformat(),
-                  member=address, permanent=(address,), temporary=(), queue_id="4ABCDEF")
+                  member=address, permanent=(address,), temporary=(), queue_id="4ABCDEF",
+                  message_ids=(f"<post-{EV.random_id()}@example.edu>",))
     values.update(fields)
     return EV.BounceRecord(**values)
+
+
+def post(message_id: str, recipients, list_address: str = STUDENTS, *, ago: dt.timedelta = dt.timedelta(minutes=1),
+         status: str = "delivered", before: dt.datetime | None = None) -> EV.Event:
+    """The event deliver writes for a post sent to ``recipients``, ``ago`` before ``before`` (now)."""
+    at = (before or dt.datetime.now(dt.timezone.utc)) - ago
+    return EV.Event(id=EV.stable_id(message_id, list_address), status=status, list_address=list_address,
+                    created_at=at.isoformat(timespec="seconds"), message_id=message_id, sender_email=OWNER,
+                    subject="a post", recipients=tuple(recipients), recipient_count=len(recipients))
+
+
+def post_of(rec: EV.BounceRecord) -> EV.Event:
+    """The post a record refers to, delivered to its member a minute before the bounce came."""
+    return post(rec.message_ids[0], [rec.member], rec.list_address, before=dt.datetime.fromisoformat(rec.received_at))
+
+
+def store_posts(store, *recs: EV.BounceRecord) -> None:
+    store.upsert([ST.entry_of(post_of(r)) for r in recs])
+
+
+def spool_bounce(host: Host, rec: EV.BounceRecord) -> EV.BounceRecord:
+    """A bounce record in the spool, and its post's event beside it (sync ingests the events first)."""
+    SP.write_event(host.spool, post_of(rec))
+    SP.write_bounce(host.spool, rec)
+    return rec
+
+
+def counted(store, rec: EV.BounceRecord):
+    store_posts(store, rec)
+    return B.count(store, rec)
 
 
 def at_threshold(host: Host, *members: str) -> None:
     """Bring ``members`` to one point below the threshold: a bounce on each of the last four days."""
     for member in members:
         for back in range(B.THRESHOLD - 1, 0, -1):
-            SP.write_bounce(host.spool, record(member, today() - dt.timedelta(days=back)))
+            spool_bounce(host, record(member, today() - dt.timedelta(days=back)))
 
 
 @pytest.fixture
@@ -247,8 +285,8 @@ def test_migration_4_adds_the_bounce_tables(tmp_path, store_toml, backend):
 
         with unittest.mock.patch.object(MG, "MIGRATIONS", MG.MIGRATIONS[:3]):
             s.upgrade()
-        assert s.version() == 3 and [m.version for m in s.pending()] == [4]
-        assert [m.version for m in s.upgrade()] == [4] and s.version() == MG.LATEST == 4
+        assert s.version() == 3 and [m.version for m in s.pending()] == list(range(4, MG.LATEST + 1))
+        assert [m.version for m in s.upgrade()] == list(range(4, MG.LATEST + 1)) and s.version() == MG.LATEST
         for table in ("bounce_scores", "bounce_records", "bounce_notices"):
             assert s._has_table(table)
         if backend == "postgresql":
@@ -257,12 +295,116 @@ def test_migration_4_adds_the_bounce_tables(tmp_path, store_toml, backend):
             assert cols["last_bounce"] == "date" and cols["lists"] == "jsonb" and cols["suppressed"] == "boolean"
 
 
+def test_migration_5_keeps_every_record_with_its_post_and_reason(tmp_path, store_toml, backend):
+    h = Host(tmp_path / "h", store_toml)
+    with ST.open_store(h.config.store, create=True) as s:
+        import unittest.mock
+
+        with unittest.mock.patch.object(MG, "MIGRATIONS", MG.MIGRATIONS[:4]):
+            s.upgrade()
+        now = dt.datetime.now(dt.timezone.utc)
+        s._execute("INSERT INTO bounce_records (id, list_address, day, received_at, queue_id, counted_at)"
+                   " VALUES (?, ?, ?, ?, '', ?)", ("a" * 32, STUDENTS, B._day_param(s, D), s._ts(now), s._ts(now)))
+        assert [m.version for m in s.upgrade()] == [5]
+        # a record counted before the upgrade stays counted
+        assert s._q("SELECT member, message_id, counted, reason FROM bounce_records") == [("", "", s._bool(True), "")]
+
+
+# ---------------------------------------------------------------- what counts
+
+
+def verdict(store, rec: EV.BounceRecord, members=None) -> str:
+    return B.verify(store, rec, members)[0] or "counts"
+
+
+def test_a_bounce_of_a_post_delivered_to_the_member_counts(store):
+    rec = record("alice@example.edu", D)
+    store_posts(store, rec)
+    assert B.verify(store, rec) == ("", rec.message_ids[0])
+    # the Message-ID as the log or the report wrote it, with or without its angle brackets, any case of address
+    store.upsert([ST.entry_of(post("bare@example.edu", ["Alice@Example.EDU"]))])
+    assert verdict(store, record("alice@example.edu", D, message_ids=("<bare@example.edu>",))) == "counts"
+    assert verdict(store, record("alice@example.edu", D, message_ids=("<x@y>", "<bare@example.edu>"))) == "counts"
+
+
+NOW = dt.datetime.now(dt.timezone.utc)
+NOT_COUNTED = [
+    # what the report claims, the post in the mail log (None: none), the reason it does not count
+    ("no Message-ID", dict(message_ids=()), None, "the report returns no Message-ID of a post (no returned headers)"),
+    ("a made-up Message-ID", dict(message_ids=("<forged@evil.example>",)), None,
+     f"no post <forged@evil.example> was delivered on {STUDENTS} in the 7 days before the bounce"
+     " (not a report of our mail)"),
+    ("a post the member did not get", {}, dict(recipients=["bob@example.edu"]),
+     "post {mid} was not sent to alice@example.edu"),
+    ("a post of another list", {}, dict(list_address=STAFF), "no post {mid} was delivered on " + STUDENTS),
+    ("a refused post", {}, dict(status="bounced"), "no post {mid} was delivered"),
+    ("a failed post", {}, dict(status="failed"), "no post {mid} was delivered"),
+    ("a post older than the window", {}, dict(ago=dt.timedelta(days=B.WINDOW_DAYS, minutes=1)),
+     "no post {mid} was delivered"),
+    ("a post sent after the bounce came", {}, dict(ago=-2 * B.CLOCK_SKEW), "no post {mid} was delivered"),
+    ("the plain -bounces address", dict(member=""), {},
+     "no VERP member: a report to the plain -bounces address counts for nobody"),
+    ("the mail side's reason", dict(member="", reason="sent to the plain -bounces address: …"), {},
+     "sent to the plain -bounces address: …"),
+    ("no permanent failure", dict(permanent=()), {}, "no permanent failure of alice@example.edu"),
+]
+
+
+@pytest.mark.parametrize("what,claim,logged,reason", NOT_COUNTED, ids=[c[0] for c in NOT_COUNTED])
+def test_what_does_not_count(store, what, claim, logged, reason):
+    rec = record("alice@example.edu", D, received_at=NOW.isoformat(), **claim)
+    mid = (rec.message_ids or ("<none@example.edu>",))[0]
+    if logged is not None:
+        fields = {"recipients": [rec.member or "alice@example.edu"], "list_address": STUDENTS, **logged}
+        store.upsert([ST.entry_of(post(mid, fields.pop("recipients"), fields.pop("list_address"), before=NOW,
+                                       **fields))])
+    assert verdict(store, rec).startswith(reason.format(mid=mid))
+
+
+def test_a_bounce_counts_only_for_a_current_member(store):
+    rec = record("alice@example.edu", D)
+    store_posts(store, rec)
+    assert verdict(store, rec, {STUDENTS: {"alice@example.edu"}}) == "counts"
+    assert verdict(store, rec, {STUDENTS: {"bob@example.edu"}}) == f"alice@example.edu is not a member of {STUDENTS} now"
+    assert verdict(store, rec, {STAFF: {"alice@example.edu"}}) == f"no list {STUDENTS} any more"
+
+
+def test_one_post_bounces_once_per_member(host, store):
+    """A known Message-ID replayed on five days is one point, not a suppression."""
+    first = record("alice@example.edu", D)
+    store_posts(store, first)
+    outcomes = [B.count(store, first._replace(id=EV.random_id(), day=d.isoformat())) for d in days(0, 1, 2, 3, 4)]
+    assert [o.reason for o in outcomes] == [""] + [
+        f"a bounce of post {first.message_ids[0]} for alice@example.edu was counted already"] * 4
+    alice = by_address(store)["alice@example.edu"]
+    assert (alice.score, alice.suppressed) == (1, False)
+    # on another list the same post is another copy
+    other = first._replace(id=EV.random_id(), list_address=STAFF)
+    store.upsert([ST.entry_of(post(first.message_ids[0], ["alice@example.edu"], STAFF))])
+    assert B.count(store, other).reason == ""
+    assert store._q("SELECT count(*) FROM bounce_records WHERE counted = ?", (store._bool(True),)) == [(2,)]
+
+
+def test_a_record_that_does_not_count_is_kept_with_its_reason_and_touches_no_score(host, store):
+    rec = record("alice@example.edu", D, message_ids=("<forged@evil.example>",))
+    SP.write_bounce(host.spool, rec)
+    result = B.ingest_bounces(store, host.spool, members={STUDENTS: {"alice@example.edu"}})
+    [(seen, reason)] = result.not_counted
+    assert seen.id == rec.id and reason.startswith("no post <forged@evil.example> was delivered")
+    assert B.scores(store) == []  # no row on /bounces for a forgery
+    assert store._q("SELECT member, counted, reason FROM bounce_records") == [
+        ("alice@example.edu", store._bool(False), reason)]
+    SP.write_bounce(host.spool, rec)  # ingested again: nothing more
+    assert B.ingest_bounces(store, host.spool).not_counted == []
+
+
 # ---------------------------------------------------------------- ingest
 
 
 def test_ingest_counts_each_record_once(host, store):
     recs = [record("alice@example.edu", d) for d in days(0, 1, 2, 3)]
     recs.append(record("alice@example.edu", D + dt.timedelta(days=3), list_address=STAFF))  # same day, other list
+    store_posts(store, *recs)
     for r in recs:
         SP.write_bounce(host.spool, r)
     result = B.ingest_bounces(store, host.spool)
@@ -279,6 +421,7 @@ def test_ingest_counts_each_record_once(host, store):
     assert rows(store, "bounce_records") == 5
     # the fifth day suppresses, once
     last = record("alice@example.edu", D + dt.timedelta(days=4))
+    store_posts(store, last)
     SP.write_bounce(host.spool, last)
     [newly] = B.ingest_bounces(store, host.spool).newly_suppressed
     assert newly.address == "alice@example.edu" and newly.reason == (
@@ -300,6 +443,7 @@ def test_ingest_counts_each_record_once(host, store):
 def test_records_are_scored_in_the_order_of_their_day(host, store):
     later = record("bob@example.edu", D + dt.timedelta(days=1), id="0" * 32)  # the first name…
     earlier = record("bob@example.edu", D, id="f" * 32)  # …is the later day
+    store_posts(store, later, earlier)
     for r in (later, earlier):
         SP.write_bounce(host.spool, r)
     assert B.ingest_bounces(store, host.spool).ingested == 2
@@ -308,8 +452,11 @@ def test_records_are_scored_in_the_order_of_their_day(host, store):
 
 
 def test_a_record_without_permanent_failures_counts_nothing(host, store):
-    SP.write_bounce(host.spool, record("bob@example.edu", D, permanent=(), temporary=("bob@example.edu",)))
-    assert B.ingest_bounces(store, host.spool).ingested == 1
+    rec = record("bob@example.edu", D, permanent=(), temporary=("bob@example.edu",))
+    store_posts(store, rec)
+    SP.write_bounce(host.spool, rec)
+    result = B.ingest_bounces(store, host.spool)
+    assert result.ingested == 1 and result.not_counted == [(rec, "no permanent failure of bob@example.edu")]
     assert B.scores(store) == [] and rows(store, "bounce_records") == 1
 
 
@@ -335,6 +482,7 @@ def test_bad_records_are_set_aside_with_a_reason_and_the_rest_counted(host, stor
         (host.spool / "bounces" / name).write_bytes(data)
     (host.spool / "bounces" / "dir.json").mkdir()
     good = record("erin@example.edu", D)
+    store_posts(store, good)
     SP.write_bounce(host.spool, good)
     result = B.ingest_bounces(store, host.spool)
     assert result.ingested == 1 and by_address(store)["erin@example.edu"].score == 1
@@ -351,16 +499,17 @@ def test_bad_records_are_set_aside_with_a_reason_and_the_rest_counted(host, stor
 
 def test_records_stay_until_committed_and_a_crash_is_taken_up(host, store, monkeypatch):
     recs = sorted((record("alice@example.edu", d) for d in days(0, 1, 2)), key=lambda r: r.day)
+    store_posts(store, *recs)
     for r in recs:
         SP.write_bounce(host.spool, r)
     real = B.count
     calls = []
 
-    def flaky(s, rec, now=None):
+    def flaky(s, rec, now=None, **kw):
         calls.append(rec.id)
         if len(calls) == 2:
             raise ST.StoreError("the store went away")
-        return real(s, rec, now)
+        return real(s, rec, now, **kw)
 
     monkeypatch.setattr(B, "count", flaky)
     with pytest.raises(ST.StoreError):
@@ -382,7 +531,9 @@ def test_a_concurrent_scoring_waits_for_the_row_and_suppresses_once(host, backen
     """
     with ST.open_store(host.config.store) as s:
         for r in (record("alice@example.edu", d) for d in days(0, 1, 2, 3)):
-            B.count(s, r)
+            counted(s, r)
+        today_s = [record("alice@example.edu", D + dt.timedelta(days=4)) for _ in range(2)]
+        store_posts(s, *today_s)
     inside, release = threading.Event(), threading.Event()
     real = B.score
 
@@ -398,7 +549,7 @@ def test_a_concurrent_scoring_waits_for_the_row_and_suppresses_once(host, backen
     def scoring(name: str) -> None:
         try:
             with ST.open_store(host.config.store) as s:
-                results[name] = B.count(s, record("alice@example.edu", D + dt.timedelta(days=4)))
+                results[name] = B.count(s, today_s[0 if name == "first" else 1])
         except Exception as exc:  # reported below
             errors.append(exc)
 
@@ -413,7 +564,8 @@ def test_a_concurrent_scoring_waits_for_the_row_and_suppresses_once(host, backen
     first.join(30)
     second.join(30)
     assert errors == []
-    assert [s.address for s in results["first"]] == ["alice@example.edu"] and results["second"] == []
+    assert [s.address for s in results["first"].newly] == ["alice@example.edu"] and results["second"].newly == []
+    assert results["second"].reason == ""  # counted (another post), on a day already counted
     with ST.open_store(host.config.store) as s:
         assert len(B.notices(s)) == 1
         alice = by_address(s)["alice@example.edu"]
@@ -426,7 +578,7 @@ def test_a_notice_being_sent_by_one_sync_is_skipped_by_another(host, monkeypatch
 
     with ST.open_store(host.config.store) as s:
         for r in (record("alice@example.edu", d) for d in days(0, 1, 2, 3, 4)):
-            B.count(s, r)
+            counted(s, r)
     lists = [type("L", (), dict(address=STUDENTS, display_name="CS 199 Students", domain="lists.example.edu",
                                 owners=(OWNER,)))]
     inside, release, submitted = threading.Event(), threading.Event(), []
@@ -464,7 +616,7 @@ def test_a_notice_waits_until_the_installed_snapshot_suppresses_the_address(host
     import listfilter.common.sendmail as SM
 
     for r in (record("alice@example.edu", d) for d in days(0, 1, 2, 3, 4)):
-        B.count(store, r)
+        counted(store, r)
     submitted = []
     monkeypatch.setattr(SM, "submit", lambda *a, **kw: submitted.append(a))
     lists = [type("L", (), dict(address=STUDENTS, display_name="CS 199 Students", domain="lists.example.edu",
@@ -481,14 +633,14 @@ def test_a_notice_waits_until_the_installed_snapshot_suppresses_the_address(host
 
 def test_clear_lifts_the_suppression_and_drops_an_owed_notice(host, store):
     for r in (record("alice@example.edu", d) for d in days(0, 1, 2, 3, 4)):
-        B.count(store, r)
+        counted(store, r)
     was = B.clear(store, " Alice@Example.edu ")
     assert was.suppressed and was.score == 5
     assert B.scores(store) == [] and B.suppressed(store) == {}
     [notice] = B.notices(store)
     assert notice.status == "dropped" and "lifted" in notice.last_error
     assert B.clear(store, "alice@example.edu") is None
-    B.count(store, record("alice@example.edu", D + dt.timedelta(days=5)))
+    counted(store, record("alice@example.edu", D + dt.timedelta(days=5)))
     assert by_address(store)["alice@example.edu"].score == 1  # it starts again from nothing
 
 
@@ -497,6 +649,7 @@ def test_clear_lifts_the_suppression_and_drops_an_owed_notice(host, store):
 
 def test_forty_concurrent_bounces_at_the_threshold_send_one_notice(host):
     at_threshold(host, "alice@example.edu")
+    SP.write_event(host.spool, post(DSN_POST, ["alice@example.edu", "bob@example.edu"]))
     host.sync()
     with ST.open_store(host.config.store) as s:
         assert by_address(s)["alice@example.edu"].score == B.THRESHOLD - 1
@@ -506,6 +659,9 @@ def test_forty_concurrent_bounces_at_the_threshold_send_one_notice(host):
     out = host.sync()
     assert "bounces: 40 record(s) scored" in out.stdout
     assert "alice@example.edu suppressed" in out.stdout
+    # one post bounces once per member: the other 39 reports of it count for nothing
+    assert out.stdout.count(f"a bounce of post {DSN_POST} for alice@example.edu was counted already") == 20
+    assert "bounces: 19 more record(s) not counted" in out.stdout
     [(argv, notice)] = host.sent()
     assert argv == ["-G", "-i", "-f", "<>", "--", OWNER]  # the null sender: it cannot bounce back
     assert notice["Auto-Submitted"] == "auto-generated"
@@ -525,6 +681,70 @@ def test_forty_concurrent_bounces_at_the_threshold_send_one_notice(host):
     assert [n["status"] for n in shown["notices"]] == ["sent"]
 
 
+def forge(host: Host, member: str, raw: bytes) -> subprocess.CompletedProcess:
+    """A stranger's report mailed straight to ``member``'s VERP address, through the real command."""
+    verp = f"students-bounces+{member.replace('@', '=')}@lists.example.edu"
+    return subprocess.run([str(BOUNCE), "--snapshot", str(host.snapshot), "--recipient", verp, "--queue-id", "F0RGED"],
+                          input=raw, capture_output=True, timeout=120)
+
+
+def test_forged_bounces_on_five_days_never_suppress_a_member(host):
+    real = DSN_SAMPLE.read_bytes()
+    SP.write_event(host.spool, post("<to-staff@example.edu>", ["alice@example.edu"], STAFF))
+    SP.write_event(host.spool, post("<to-bob@example.edu>", ["bob@example.edu"]))
+    forgeries = [
+        real.replace(DSN_POST.encode(), b"<made-up@evil.example>"),  # a Message-ID nobody sent
+        real.split(b"Content-Type: text/rfc822-headers")[0],  # no returned headers at all
+        real.replace(DSN_POST.encode(), b"<to-staff@example.edu>"),  # a real post, of another list
+        real.replace(DSN_POST.encode(), b"<to-bob@example.edu>"),  # a real post alice did not get
+        real.replace(DSN_POST.encode(), b"<made-up@evil.example>"),
+    ]
+    for back, raw in zip(range(4, -1, -1), forgeries):
+        assert forge(host, "alice@example.edu", raw).returncode == 0
+        [path] = SP.pending_bounces(host.spool)
+        data = json.loads(path.read_text())  # the day it came: one of five days
+        path.write_text(json.dumps({**data, "day": (today() - dt.timedelta(days=back)).isoformat()}))
+        out = host.sync()
+        assert "bounces: not counted for alice@example.edu on students@lists.example.edu" in out.stdout
+    assert host.suppressed() == {}
+    with ST.open_store(host.config.store) as s:
+        assert B.scores(s) == []
+        reasons = [r for (r,) in s._q("SELECT reason FROM bounce_records ORDER BY day")]
+    assert len(reasons) == 5 and all(reasons)
+    # and a stranger's bounce for a made-up address leaves not even a record
+    proc = forge(host, "mallory@evil.example", real)
+    assert proc.returncode == 0 and SP.pending_bounces(host.spool) == []
+    # a real bounce of a real post still counts
+    SP.write_event(host.spool, post(DSN_POST, ["alice@example.edu"]))
+    assert forge(host, "alice@example.edu", real).returncode == 0
+    host.sync()
+    with ST.open_store(host.config.store) as s:
+        assert by_address(s)["alice@example.edu"].score == 1
+
+
+def test_a_bounce_counts_for_the_members_this_sync_compiled(tmp_path, store_toml):
+    """Sync checks membership against the roster it just read, not the snapshot installed before."""
+    roster = tmp_path / "roster.csv"
+    roster.write_text((REPO / "docs/example/roster.csv").read_text())
+    h = Host(tmp_path / "h", store_toml)
+    h.config_path.write_text(h.config_path.read_text().replace(str(REPO / "docs/example/roster.csv"), str(roster)))
+    h.listfilter("db", "upgrade")
+    h.sync()
+    with Snapshot(h.snapshot) as snap:
+        assert "alice@example.edu" in {e for e, _ in snap.members(STUDENTS)}
+    roster.write_text("".join(line for line in roster.read_text().splitlines(keepends=True)
+                              if not line.startswith("alice@")))
+    bob, alice = record("bob@example.edu", today()), record("alice@example.edu", today())
+    spool_bounce(h, bob)
+    spool_bounce(h, alice)
+    out = h.sync()
+    assert "mail log: 2 event(s) logged (before scoring bounces)" in out.stdout
+    assert (f"bounces: not counted for alice@example.edu on {STUDENTS} ({alice.id}):"
+            f" alice@example.edu is not a member of {STUDENTS} now") in out.stdout
+    with ST.open_store(h.config.store) as s:
+        assert {x.address: x.score for x in B.scores(s)} == {"bob@example.edu": 1}
+
+
 def test_two_hosts_sharing_a_postgresql_store_keep_one_score(tmp_path, pg_dsn):
     store_toml = f'backend = "postgresql"\ndsn = "{pg_dsn}"\n'
     a, b = Host(tmp_path / "a", store_toml), Host(tmp_path / "b", store_toml)
@@ -533,14 +753,16 @@ def test_two_hosts_sharing_a_postgresql_store_keep_one_score(tmp_path, pg_dsn):
     b.sync()
     # alice's copies bounce on alternate hosts on four days: one score of 4
     for back, h in zip(range(4, 0, -1), (a, b, a, b)):
-        SP.write_bounce(h.spool, record("alice@example.edu", today() - dt.timedelta(days=back)))
+        spool_bounce(h, record("alice@example.edu", today() - dt.timedelta(days=back)))
         h.sync()
     at_threshold(a, "bob@example.edu", "erin@example.edu")
     a.sync()
     with ST.open_store(a.config.store) as s:
         assert {x.address: x.score for x in B.scores(s)} == {
             "alice@example.edu": 4, "bob@example.edu": 4, "erin@example.edu": 4}
-    # today, forty bounces arrive on both hosts at once, and both hosts sync at once
+    # today, forty bounces of one post arrive on both hosts at once, and both hosts sync at once
+    with ST.open_store(a.config.store) as s:
+        s.upsert([ST.entry_of(post(DSN_POST, ["alice@example.edu", "bob@example.edu", "erin@example.edu"]))])
     procs = []
     for h in (a, b):
         for member, n in (("alice@example.edu", 7), ("bob@example.edu", 7), ("erin@example.edu", 6)):
@@ -564,7 +786,7 @@ def test_two_hosts_sharing_a_postgresql_store_keep_one_score(tmp_path, pg_dsn):
 
 def test_the_owner_notice_is_retried_after_sendmail_failed(host):
     at_threshold(host, "alice@example.edu")
-    SP.write_bounce(host.spool, record("alice@example.edu", today()))
+    spool_bounce(host, record("alice@example.edu", today()))
     (host.outbox / "FAIL").touch()
     out = host.sync()
     assert "alice@example.edu" in host.suppressed()  # the suppression does not wait for the notice
@@ -589,7 +811,7 @@ def test_a_store_that_cannot_be_used_keeps_the_installed_suppressions(tmp_path):
     h = Host(tmp_path / "h", "")
     h.listfilter("db", "upgrade")
     at_threshold(h, "alice@example.edu")
-    SP.write_bounce(h.spool, record("alice@example.edu", today()))
+    spool_bounce(h, record("alice@example.edu", today()))
     h.sync()
     assert list(h.suppressed()) == ["alice@example.edu"]
     store_file = h.config.store.path
@@ -597,7 +819,7 @@ def test_a_store_that_cannot_be_used_keeps_the_installed_suppressions(tmp_path):
     # a config change rewrites the snapshot while the store is gone: alice stays suppressed
     h.write_config("", COURSE_LISTS + '\n[lists.extra]\nmembers = { emails = ["alice@example.edu"] }\n'
                                       'posters = ["instructor@example.edu"]\n')
-    SP.write_bounce(h.spool, record("bob@example.edu", today()))
+    spool_bounce(h, record("bob@example.edu", today()))
     out = h.sync()
     assert "updated snapshot" in out.stdout
     assert ("bounces not scored: the store" in out.stderr and "1 bounce record(s) wait in" in out.stderr
@@ -612,7 +834,7 @@ def test_a_store_that_cannot_be_used_keeps_the_installed_suppressions(tmp_path):
 
 def test_clear_takes_effect_at_the_next_sync(host):
     at_threshold(host, "alice@example.edu")
-    SP.write_bounce(host.spool, record("alice@example.edu", today()))
+    spool_bounce(host, record("alice@example.edu", today()))
     host.sync()
     assert "alice@example.edu" in host.suppressed()
     out = host.listfilter("bounces", "clear", "Alice@Example.edu")
@@ -640,7 +862,7 @@ def test_the_cli_says_one_line_when_the_store_cannot_be_used(tmp_path, args):
         db.execute("INSERT INTO listfilter_migrations VALUES (3, 'v3', '2026-01-01')")
     proc = h.listfilter(*args, check=False)
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1
-    assert "schema version 3 of 4: run `listfilter db upgrade`" in proc.stderr
+    assert f"schema version 3 of {MG.LATEST}: run `listfilter db upgrade`" in proc.stderr
 
 
 def test_the_bounces_page_reads_the_store(host, store):
@@ -648,9 +870,9 @@ def test_the_bounces_page_reads_the_store(host, store):
     from listfilter.admin import auth as A
 
     for r in (record("gone@example.edu", d) for d in days(0, 1, 2, 3, 4)):
-        B.count(store, r)
+        counted(store, r)
     for r in (record("flaky@example.edu", d, list_address=STAFF) for d in days(3, 4)):
-        B.count(store, r)
+        counted(store, r)
     web = f'\n[web]\nadmins = ["dean@example.edu"]\n[web.accounts]\n"dean@example.edu" = "{A.hash_password("pw")}"\n'
     host.write_config(host.config_path.read_text().split("[store]\n", 1)[1], COURSE_LISTS + web)
     client = W.create_app(host.config).test_client()

@@ -282,7 +282,8 @@ def test_upgrade_from_version_2_keeps_the_rows_and_accepts_discarded(config, bac
         if backend == "sqlite":  # the table was rebuilt: its indexes too
             indexes = {r[0] for r in s._q("SELECT name FROM sqlite_master WHERE type = 'index'"
                                           " AND tbl_name = 'mail_logs' AND name NOT LIKE 'sqlite_%'")}
-            assert indexes == {"mail_logs_created_at_idx", "mail_logs_status_idx", "mail_logs_list_idx"}
+            assert indexes == {"mail_logs_created_at_idx", "mail_logs_status_idx", "mail_logs_list_idx",
+                               "mail_logs_message_id_idx"}  # migration 5: a bounce finds its post
 
 
 # ---------------------------------------------------------------- writing and reading

@@ -1,0 +1,248 @@
+"""Did Postfix take the batch a killed delivery had in flight? Asked on a retry only.
+
+``deliver`` records each batch as in flight before it runs sendmail, and as
+accepted once sendmail has returned (:class:`listfilter.common.spool.Delivery`).
+A delivery killed in between (an out-of-memory kill, a reboot, a signal)
+leaves the batch in flight, and Postfix retries the post. Before sending
+that batch again, :func:`resolve` asks Postfix what it holds:
+
+- its **queue** (``postqueue -j``, which any local user may run unless
+  ``authorized_mailq_users`` says otherwise; it honours ``MAIL_CONFIG``, which
+  pipe(8) passes on): a submission still in the ``maildrop`` queue has not
+  reached cleanup(8) yet, so the log cannot know it. postqueue lists only
+  complete maildrop files: a sendmail killed before postdrop(1) finished
+  left nothing that Postfix will deliver;
+- its **log**, read from where it ended before the delivery's first batch:
+  every submission by sendmail leaves ``QUEUEID: uid=UID from=<SENDER>``
+  (pickup(8)), ``QUEUEID: message-id=ID`` (cleanup(8)) and, once it is
+  safely queued, ``QUEUEID: from=<SENDER>, size=N, nrcpt=N (queue active)``
+  (qmgr(8)). A submission with this process's uid, the list's -bounces
+  address and the post's Message-ID is one of this delivery's batches:
+  the batches recorded as accepted account for some; one more is the
+  batch in flight.
+
+The verdict is that Postfix took it (the batch is recorded as accepted and
+not sent again), that Postfix is still picking it up (defer: the next try
+knows), or that it did not, or that nothing can tell (the batch goes out
+again: a member may get a second copy, none is lost). Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+from ..common.errors import Defer
+
+#: A batch that has been "still being picked up" for this long is sent again:
+#: waiting longer would hold the rest of the post back for a Postfix that is not moving.
+PENDING_LIMIT = 3600.0
+#: postqueue lists the whole queue; a queue that takes longer than this is not read.
+POSTQUEUE_TIMEOUT = 60.0
+
+#: The log lines a submission leaves, after the syslog prefix (compiled on a retry only).
+LINE = rb"/(pickup|cleanup|qmgr)\[\d+\]: ([0-9A-Za-z]+): (.*?)\r?$"
+PICKUP = rb"uid=(\d+) from=<(.*)>$"
+QMGR = rb"from=<(.*)>, size=\d+, nrcpt=(\d+) "
+
+
+class Verdict:
+    """What Postfix holds of the batch in flight: ``taken``, or ``pending`` (still being picked
+    up), and ``why``; ``queue_id`` is the submission's in Postfix's log, when known."""
+
+    def __init__(self, *, taken: bool = False, pending: bool = False, why: str = "", queue_id: str = ""):
+        self.taken, self.pending, self.why, self.queue_id = taken, pending, why, queue_id
+
+    def __repr__(self) -> str:
+        return f"Verdict(taken={self.taken}, pending={self.pending}, why={self.why!r}, queue_id={self.queue_id!r})"
+
+
+def log_position(path: str | None) -> dict | None:
+    """Where Postfix's log ends now (its path, inode and size); None if there is no such file."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"path": path, "inode": st.st_ino, "offset": st.st_size}
+
+
+def message_id_of(fields: list[bytes]) -> str:
+    """The Message-ID the rewritten header ``fields`` carry, as cleanup(8) will log it ("" if none)."""
+    for field in fields:
+        if field[:11].lower() == b"message-id:":
+            return " ".join(field[11:].decode("utf-8", "surrogateescape").split())
+    return ""
+
+
+def resolve(progress, settings: dict, *, sender: str, queue_id: str) -> Verdict | None:
+    """Settle ``progress``'s batch in flight, if it has one; the verdict (None without one).
+
+    Taken: the batch is recorded as accepted. Not taken: it is forgotten and
+    goes out with the rest. Still being picked up: :class:`Defer`.
+    """
+    flight = progress.in_flight
+    if flight is None:
+        return None
+    try:
+        verdict = ask(flight, progress.batches, message_id=progress.data.get("message_id", ""), sender=sender,
+                      position=progress.data.get("postfix_log"), postqueue=settings.get("postqueue"))
+    except Exception as exc:  # reading Postfix must never cost the post: send the batch again
+        verdict = Verdict(why=f"internal error reading Postfix's state ({type(exc).__name__}: {exc})")
+    count = len(flight["recipients"])
+    if verdict.taken:
+        progress.record_batch(flight["recipients"], queue_id)
+        _note(queue_id, f"the batch of {count} recipients in flight when an earlier attempt ended is in"
+                        f" Postfix's log as {verdict.queue_id} ({verdict.why}); not sent again")
+    elif verdict.pending and time.time() - float(flight.get("at", 0)) < PENDING_LIMIT:
+        raise Defer(f"the batch of {count} recipients in flight when an earlier attempt ended is {verdict.why};"
+                    " waiting for Postfix to pick it up")
+    else:
+        progress.abandon_batch()
+        _note(queue_id, f"the batch of {count} recipients in flight when an earlier attempt ended is sent again:"
+                        f" {verdict.why}")
+    return verdict
+
+
+def ask(flight: dict, recorded: list[int], *, message_id: str, sender: str, position: dict | None,
+        postqueue: str | None, uid: int | None = None) -> Verdict:
+    """The verdict on ``flight`` from Postfix's queue, then its log (in that order: a submission
+    leaves the maildrop queue only after cleanup has logged it)."""
+    uid = os.getuid() if uid is None else uid
+    waiting = in_maildrop(postqueue, sender, flight["recipients"])
+    if waiting:
+        return Verdict(pending=True, why=f"in Postfix's maildrop queue as {waiting}")
+    if not message_id:
+        return Verdict(why="no Message-ID was recorded for it")
+    files, problem = log_files(position)
+    if problem:
+        return Verdict(why=problem)
+    attempts = submissions(files, message_id=message_id, sender=sender, uid=uid)
+    confirmed = [(qid, n) for qid, n in attempts if n is not None]
+    if len(confirmed) > len(recorded):
+        qid, nrcpt = confirmed[-1]
+        return Verdict(taken=True, queue_id=qid, why=f"nrcpt={nrcpt}")
+    if len(attempts) > len(recorded):
+        qid = next(qid for qid, n in attempts if n is None)
+        return Verdict(pending=True, queue_id=qid, why=f"in Postfix's log as {qid}, not yet queued")
+    return Verdict(why=f"Postfix's log shows {len(confirmed)} submission(s) of it, all recorded")
+
+
+def in_maildrop(postqueue: str | None, sender: str, recipients: list[str]) -> str:
+    """The queue id of a maildrop file from ``sender`` to exactly ``recipients``, or ""."""
+    if not postqueue:
+        return ""
+    import json
+    import subprocess
+
+    try:
+        proc = subprocess.run([postqueue, "-j"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, timeout=POSTQUEUE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    want = {r.lower() for r in recipients}
+    for line in proc.stdout.splitlines():
+        if b'"maildrop"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if (entry.get("queue_name") == "maildrop" and str(entry.get("sender", "")).lower() == sender.lower()
+                and {str(r.get("address", "")).lower() for r in entry.get("recipients", ())} == want):
+            return str(entry.get("queue_id", "?"))
+    return ""
+
+
+def log_files(position: dict | None) -> tuple[list[tuple[Path, int]], str]:
+    """The log files to read, each from an offset, that hold everything since ``position``;
+    or a reason why they cannot be had.
+
+    After a rotation by renaming (logrotate's default), the file with the
+    recorded inode is ``<log>.1``: it is read from the offset, the new log
+    from its start.
+    """
+    if not position:
+        return [], "Postfix's log was not known when the batch went out (site setting postfix_log)"
+    path = Path(position["path"])
+    inode, offset = position.get("inode"), int(position.get("offset", 0))
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return [], f"Postfix's log {path} cannot be read ({exc.strerror})"
+    if st.st_ino == inode:
+        if st.st_size < offset:
+            return [], f"Postfix's log {path} was truncated since"
+        files = [(path, offset)]
+    else:
+        rotated = path.with_name(path.name + ".1")
+        try:
+            if rotated.stat().st_ino != inode:
+                raise FileNotFoundError
+        except OSError:
+            return [], f"Postfix's log {path} was rotated since, and its earlier part is not at {rotated}"
+        files = [(rotated, offset), (path, 0)]
+    for name, _ in files:
+        try:
+            open(name, "rb").close()
+        except OSError as exc:
+            return [], f"Postfix's log {name} cannot be read by uid {os.getuid()} ({exc.strerror})"
+    return files, ""
+
+
+def submissions(files: list[tuple[Path, int]], *, message_id: str, sender: str, uid: int) -> list:
+    """``(queue id, nrcpt or None)`` of every submission of the post by this user from ``sender``,
+    in log order; nrcpt is None until qmgr has logged the message as queued.
+
+    Only lines that name the Message-ID or the sender, and qmgr's lines of
+    the queue ids found so far, are parsed: the log of a busy host is mostly
+    other mail.
+    """
+    want_id = "".join(message_id.split()).encode("utf-8", "surrogateescape")
+    senders = {sender.encode("utf-8", "surrogateescape"), sender.lower().encode("utf-8", "surrogateescape")}
+    ours: dict[bytes, bool] = {}  # queue id -> submitted by this uid from the -bounces address
+    with_id: set[bytes] = set()
+    nrcpt: dict[bytes, int] = {}
+    line_re, pickup_re, qmgr_re = re.compile(LINE), re.compile(PICKUP), re.compile(QMGR)
+    for line in lines(files):
+        if not (want_id in line or any(s in line for s in senders)
+                or (with_id and b"nrcpt=" in line and any(q + b": " in line for q in with_id))):
+            continue
+        m = line_re.search(line)
+        if not m:
+            continue
+        daemon, qid, text = m.groups()
+        if daemon == b"pickup":
+            p = pickup_re.match(text)
+            if p and int(p.group(1)) == uid and p.group(2).lower() in senders:
+                ours[qid] = True
+        elif daemon == b"cleanup":
+            if text.startswith(b"message-id=") and b"".join(text[11:].split()) == want_id:
+                with_id.add(qid)
+        else:
+            q = qmgr_re.match(text)
+            if q:
+                nrcpt.setdefault(qid, int(q.group(2)))
+    return [(qid.decode("ascii"), nrcpt.get(qid)) for qid in ours if qid in with_id]
+
+
+def lines(files: list[tuple[Path, int]]):
+    """The complete lines of ``files``, each from its offset (a line cut by the offset is skipped)."""
+    for path, offset in files:
+        with open(path, "rb") as fh:
+            if offset:
+                fh.seek(offset - 1)
+                if fh.read(1) != b"\n":
+                    fh.readline()  # the rest of a line written before the offset
+            for line in fh:
+                if line.endswith(b"\n"):
+                    yield line[:-1]
+
+
+def _note(queue_id: str, text: str) -> None:
+    import syslog
+
+    syslog.syslog(syslog.LOG_NOTICE, f"{queue_id or 'NOQUEUE'}: {text}")
