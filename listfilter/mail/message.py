@@ -205,7 +205,7 @@ Poster = namedtuple("Poster", "name address problem")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
-def _strip_comments(text: str) -> str:
+def _strip_comments(text: str) -> str | None:
     """``text`` without RFC 5322 comments (nested ones too), quoted strings left alone."""
     out, depth, quoted, escaped = [], 0, False, False
     for ch in text:
@@ -227,6 +227,8 @@ def _strip_comments(text: str) -> str:
             depth -= 1
         elif not depth:
             out.append(ch)
+    if depth or quoted:
+        return None  # an unterminated comment or quoted string: readers disagree on what follows
     return "".join(out)
 
 
@@ -260,7 +262,10 @@ def poster_of(headers: Headers) -> Poster:
     addr = header.addresses[0]
     if not addr.username or not addr.domain or " " in addr.addr_spec:
         return Poster("", None, "the From header has no valid address")
-    bare = _QUOTED.sub('""', _strip_comments(text))
+    stripped = _strip_comments(text)
+    if stripped is None:
+        return Poster("", None, "the From header is ambiguous: an unterminated comment or quoted string")
+    bare = _QUOTED.sub('""', stripped)
     # another address beside the mailbox (trailing text, a folded "From:"): which one would a client show?
     outside = re.sub(r"<[^<>]*>", " ", bare).split()
     if any("@" in w and w.strip(",;").lower() != addr.addr_spec.lower() for w in outside):
