@@ -11,7 +11,7 @@ by family, the worst CPU and wall time and the peak RSS. Failing cases go to
 ``failures.tsv`` there. docs/fuzz.md has the figures of a full run.
 
     .venv/bin/python -m bench.fuzz [--cases 20000] [--processes 2000] [--seed 10] [--jobs 2]
-    .venv/bin/python -m bench.fuzz --seed 10 --case 1234     # one case, in detail
+    .venv/bin/python -m bench.fuzz --seed 10 --case 1234     # one case, in detail (same --profile as its run)
 
 Exit status 0 when every case passed every check, 1 otherwise.
 """

@@ -39,6 +39,8 @@ from ..common.errors import Defer
 #: A batch that has been "still being picked up" for this long is sent again:
 #: waiting longer would hold the rest of the post back for a Postfix that is not moving.
 PENDING_LIMIT = 3600.0
+#: How long after a first look a log that does not show the batch is read again.
+SETTLE = 2.0
 #: postqueue lists the whole queue; a queue that takes longer than this is not read.
 POSTQUEUE_TIMEOUT = 60.0
 
@@ -49,14 +51,17 @@ QMGR = rb"from=<(.*)>, size=\d+, nrcpt=(\d+) "
 
 
 class Verdict:
-    """What Postfix holds of the batch in flight: ``taken``, or ``pending`` (still being picked
-    up), and ``why``; ``queue_id`` is the submission's in Postfix's log, when known."""
+    """What Postfix holds of the batch in flight: ``taken``, ``pending`` (still being picked up),
+    or ``absent`` (a readable log shows no such submission), and ``why``; ``queue_id`` is the
+    submission's in Postfix's log, when known. None of the three: nothing can tell."""
 
-    def __init__(self, *, taken: bool = False, pending: bool = False, why: str = "", queue_id: str = ""):
-        self.taken, self.pending, self.why, self.queue_id = taken, pending, why, queue_id
+    def __init__(self, *, taken: bool = False, pending: bool = False, absent: bool = False, why: str = "",
+                 queue_id: str = ""):
+        self.taken, self.pending, self.absent, self.why, self.queue_id = taken, pending, absent, why, queue_id
 
     def __repr__(self) -> str:
-        return f"Verdict(taken={self.taken}, pending={self.pending}, why={self.why!r}, queue_id={self.queue_id!r})"
+        return (f"Verdict(taken={self.taken}, pending={self.pending}, absent={self.absent}, why={self.why!r},"
+                f" queue_id={self.queue_id!r})")
 
 
 def log_position(path: str | None) -> dict | None:
@@ -109,9 +114,26 @@ def resolve(progress, settings: dict, *, sender: str, queue_id: str) -> Verdict 
 
 def ask(flight: dict, recorded: list[int], *, message_id: str, sender: str, position: dict | None,
         postqueue: str | None, uid: int | None = None) -> Verdict:
-    """The verdict on ``flight`` from Postfix's queue, then its log (in that order: a submission
-    leaves the maildrop queue only after cleanup has logged it)."""
+    """The verdict on ``flight`` from Postfix's queue, then its log.
+
+    In that order: pickup(8) removes a maildrop file only after cleanup(8)
+    has logged it. But the line reaches the file a moment later (through
+    postlogd(8) or syslog), so a log that does not show the batch is read
+    once more, :data:`SETTLE` seconds on.
+    """
     uid = os.getuid() if uid is None else uid
+    verdict = look(flight, recorded, message_id=message_id, sender=sender, position=position, postqueue=postqueue,
+                   uid=uid)
+    if verdict.absent:
+        time.sleep(SETTLE)
+        verdict = look(flight, recorded, message_id=message_id, sender=sender, position=position,
+                       postqueue=postqueue, uid=uid)
+    return verdict
+
+
+def look(flight: dict, recorded: list[int], *, message_id: str, sender: str, position: dict | None,
+         postqueue: str | None, uid: int) -> Verdict:
+    """One look at the queue and the log (see :func:`ask`)."""
     waiting = in_maildrop(postqueue, sender, flight["recipients"])
     if waiting:
         return Verdict(pending=True, why=f"in Postfix's maildrop queue as {waiting}")
@@ -128,7 +150,7 @@ def ask(flight: dict, recorded: list[int], *, message_id: str, sender: str, posi
     if len(attempts) > len(recorded):
         qid = next(qid for qid, n in attempts if n is None)
         return Verdict(pending=True, queue_id=qid, why=f"in Postfix's log as {qid}, not yet queued")
-    return Verdict(why=f"Postfix's log shows {len(confirmed)} submission(s) of it, all recorded")
+    return Verdict(absent=True, why=f"Postfix's log shows {len(confirmed)} submission(s) of it, all recorded")
 
 
 def in_maildrop(postqueue: str | None, sender: str, recipients: list[str]) -> str:
