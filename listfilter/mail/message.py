@@ -275,6 +275,10 @@ def poster_of(headers: Headers) -> Poster:
         return Poster("", None, "the From header is ambiguous")
     if angles and angles[0].strip().lower() != addr.addr_spec.lower():
         return Poster("", None, f"the From header is ambiguous: it shows <{angles[0].strip()}>")
+    if angles and bare.rsplit(">", 1)[1].strip(" \t,;"):
+        # text after the mailbox (a control character turned to a space, or plain junk):
+        # not one mailbox, and a reader may take it for something else
+        return Poster("", None, "the From header has text after its address")
     return Poster(addr.display_name, addr.addr_spec, "")
 
 
