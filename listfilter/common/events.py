@@ -53,21 +53,25 @@ class Event(namedtuple("Event", FIELDS, defaults=_DEFAULTS)):
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def decode_bytes(data: bytes) -> str:
+    """8-bit text as mail clients read it: UTF-8, else Windows-1252, else Latin-1."""
+    for charset in ("utf-8", "cp1252"):
+        try:
+            return data.decode(charset)
+        except UnicodeDecodeError:
+            pass
+    return data.decode("latin-1")
+
+
 def text(value: str) -> str:
     """``value`` as valid Unicode: bytes a command line or a header carried undecoded
     (lone surrogates, as Python's surrogateescape leaves them) are read as mail
-    clients read 8-bit text: UTF-8, else Windows-1252, else Latin-1."""
+    clients read 8-bit text (:func:`decode_bytes`)."""
     try:
         value.encode("utf-8")
         return value
     except UnicodeEncodeError:
-        raw = value.encode("utf-8", "surrogateescape")
-    for charset in ("utf-8", "cp1252"):
-        try:
-            return raw.decode(charset)
-        except UnicodeDecodeError:
-            pass
-    return raw.decode("latin-1")
+        return decode_bytes(value.encode("utf-8", "surrogateescape"))
 
 
 def now_utc() -> str:

@@ -43,6 +43,8 @@ from collections import namedtuple
 from email import policy as _policy
 from email.headerregistry import AddressHeader, UnstructuredHeader
 
+from ..common.events import decode_bytes
+
 # --------------------------------------------------------------------------
 # Splitting the way Postfix does
 
@@ -96,16 +98,6 @@ def render(fields: list[bytes], body: bytes) -> bytes:
 #: or a From longer than this is not one a person wrote.
 VALUE_LIMIT = 4000
 _CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
-
-
-def decode_bytes(data: bytes) -> str:
-    """8-bit text as mail clients read it: UTF-8, else Windows-1252, else Latin-1."""
-    for charset in ("utf-8", "cp1252"):
-        try:
-            return data.decode(charset)
-        except UnicodeDecodeError:
-            pass
-    return data.decode("latin-1")
 
 
 def field_text(field: Field) -> str:
