@@ -21,7 +21,7 @@ import pytest
 from .conftest import REPO
 
 PACKAGE = REPO / "listfilter"
-HEAVY = ("psycopg", "jinja2", "dns", "flufl", "click", "flask", "werkzeug", "waitress")
+HEAVY = ("psycopg", "jinja2", "dns", "dkim", "spf", "publicsuffixlist", "flufl", "click", "flask", "werkzeug", "waitress")
 
 
 def imports_of(path: Path, package: str) -> list[tuple[int, str]]:

@@ -5,7 +5,8 @@ login form needs an authenticated user who passes :func:`listfilter.auth.allowed
 
 - behind a single sign-on proxy, the user's address arrives in
   ``[web] proxy_header``, believed only from the ``[web] proxies`` addresses;
-- standalone, ``[web.accounts]`` holds password hashes; ``/login`` starts a
+- standalone, ``[web] accounts_file`` (and ``[web.accounts]``) holds password
+  hashes (:class:`listfilter.admin.auth.Accounts`); ``/login`` starts a
   session kept on the server (:class:`listfilter.admin.auth.Sessions`) whose
   id travels in a signed cookie (HttpOnly, SameSite=Lax, Secure over HTTPS).
 
@@ -42,9 +43,11 @@ from flask import Flask, abort, g, has_request_context, redirect, render_templat
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
 
-from ..common.events import STATUSES, valid_id
+from ..common.events import MEANINGS, STATUSES, valid_id
 from ..common.spool import pending_events
+from ..common.words import plural
 from ..store import database as ST
+from ..store import deliveries as DV
 from ..store.database import CONTROL_CHARS as _CONTROL, oneline
 from ..sync.config import Config, WebSettings
 from ..sync.templating import template_dir
@@ -57,6 +60,14 @@ log.addHandler(logging.NullHandler())
 LIST_BODY_CHARS = 16 * 1024
 #: Recipients shown for a row on the list page.
 LIST_RECIPIENTS = 200
+#: The /email page's ``members`` filter (:data:`listfilter.store.deliveries.MEMBER_FILTERS`), as the form names it.
+MEMBER_FILTER_LABELS = {
+    "deferred": "a member deferred",
+    "bounced": "a member bounced",
+    "expired": "a member expired",
+    "not-sent": "a member not sent (deferred, bounced or expired)",
+}
+assert tuple(MEMBER_FILTER_LABELS) == tuple(DV.MEMBER_FILTERS)
 #: Failed sign-ins per client address (the real client, behind the proxy) before a pause.
 LOGIN_ATTEMPTS = 10
 LOGIN_WINDOW = 300.0
@@ -253,7 +264,8 @@ def backlog_warning(spool_dir: Path, now: float | None = None) -> str | None:
         return None
     if oldest is None or (now or time.time()) - oldest < BACKLOG_AGE:
         return None
-    return (f"{len(waiting)} event(s) have waited in the spool for over an hour: the log is behind."
+    verb = "has" if len(waiting) == 1 else "have"
+    return (f"{plural(len(waiting), 'event')} {verb} waited in the spool for over an hour: the log is behind."
             " Is `listfilter sync` running from cron?")
 
 
@@ -262,6 +274,12 @@ def create_app(config: Config) -> Flask:
     web = config.web
     if web is None:
         raise WebError("no [web] table in the config (docs/web.md)")
+    try:
+        web = A.with_accounts(web)  # the accounts file's too, re-read when it changes
+    except A.AccountsFileError as exc:
+        raise WebError(str(exc)) from None
+    if A.no_way_in(web, web.accounts):
+        raise WebError(A.no_way_in(web, web.accounts))
     try:
         proxy_secret = A.proxy_secret(web)
     except ValueError as exc:
@@ -289,6 +307,9 @@ def create_app(config: Config) -> Flask:
         MAX_CONTENT_LENGTH=64 * 1024,
     )
     app.jinja_env.filters["oneline"] = oneline
+    app.jinja_env.globals["meanings"] = MEANINGS  # the status legend, in the macros too
+    app.jinja_env.globals["outcome_meanings"] = DV.MEANINGS  # each member's outcome (Postfix's log)
+    app.jinja_env.globals["outcome_summary"] = DV.summary
     tz = zoneinfo.ZoneInfo(config.site.timezone)
     app.jinja_env.filters["localtime"] = lambda t: t.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
     app.jinja_env.filters["isotime"] = lambda t: t.astimezone(tz).isoformat()
@@ -348,6 +369,12 @@ def create_app(config: Config) -> Flask:
         g.ingest_warning = backlog_warning(config.site.spool_dir)
         return None
 
+    staging = config.staging_note()  # the staging valve, on every page while it is on
+
+    @app.context_processor
+    def staging_banner():
+        return {"staging_note": staging}
+
     @app.teardown_request
     def close_store(exc=None):
         store = g.pop("store", None)
@@ -375,19 +402,26 @@ def create_app(config: Config) -> Flask:
         lists = dict(store.list_addresses())
         lst = request.args.get("list", "").lower()
         lst = lst if lst in lists else ""
+        members = request.args.get("members", "")
+        if members and members not in DV.MEMBER_FILTERS:
+            return problem(400, "Bad request", f"members={oneline(members)[:40]!r} is not a filter;"
+                                               f" use one of: {', '.join(DV.MEMBER_FILTERS)}.")
         try:
             page = max(1, int(request.args.get("page", "1")))
         except ValueError:
             page = 1
-        filters = {"status": [status] if status else None, "lists": [lst] if lst else None}
+        filters = {"status": [status] if status else None, "lists": [lst] if lst else None,
+                   "members": DV.MEMBER_FILTERS.get(members)}
         total = store.count(**filters)
         pages = max(1, -(-total // web.page_size))
         page = min(page, pages)
         entries = store.entries(**filters, limit=web.page_size, offset=(page - 1) * web.page_size,
                                 body_chars=LIST_BODY_CHARS)
-        args = {k: v for k, v in (("status", status), ("list", lst)) if v}
+        args = {k: v for k, v in (("status", status), ("list", lst), ("members", members)) if v}
         return render("web/email_list.html.j2", entries=entries, total=total, page=page, pages=pages,
                       current_status=status, lst=lst, lists=lists, args=args, body_view=body_view,
+                      members=members, member_filters=MEMBER_FILTER_LABELS,
+                      outcomes=DV.counts(store, [e.id for e in entries]),
                       list_body_chars=LIST_BODY_CHARS, list_recipients=LIST_RECIPIENTS,
                       ingest_warning=g.ingest_warning)
 
@@ -399,8 +433,16 @@ def create_app(config: Config) -> Flask:
         entry = g.store.get(ident)
         if entry is None:
             abort(404)
+        deliveries = DV.of_event(g.store, ident)
+        counts: dict[str, int] = {}
+        for d in deliveries:
+            counts[d.status] = counts.get(d.status, 0) + 1
+        read = {d.recipient for d in deliveries}
         return render("web/email_detail.html.j2", e=entry, body=body_view(entry.body),
-                      ingest_warning=g.ingest_warning)
+                      ingest_warning=g.ingest_warning, deliveries=deliveries, outcome=counts,
+                      unread=[r for r in entry.recipients if r.lower() not in read]
+                      if entry.status == "delivered" or deliveries else [],
+                      reinjections=DV.reinjections(g.store, ident))
 
     @app.get("/bounces")
     def bounce_list():
@@ -409,6 +451,7 @@ def create_app(config: Config) -> Flask:
 
         notices = {n.address: n for n in B.notices(g.store)}  # oldest first: the latest one wins
         return render("web/bounces.html.j2", scores=B.scores(g.store), notices=notices,
+                      not_counted=B.records(g.store, not_counted=True, limit=100),
                       threshold=B.THRESHOLD, stale_after=B.STALE_AFTER_DAYS, ingest_warning=g.ingest_warning)
 
     @app.errorhandler(404)
@@ -487,11 +530,20 @@ def serve(config: Config, bind: str | None = None, *, threads: int = 4) -> None:
         store.require_current()
     app = create_app(config)
     logging.basicConfig(level=logging.INFO, format="listfilter web: %(levelname)s %(message)s")
-    for user, stored in sorted(config.web.accounts.items()):
+    try:
+        web = A.with_accounts(config.web)  # as create_app read it, for the warnings below
+    except A.AccountsFileError as exc:
+        raise WebError(str(exc)) from None
+    if web.accounts.warning:
+        log.warning("%s", web.accounts.warning)
+    if config.web.accounts:
+        log.warning("[web.accounts] in %s: password hashes in the config, which every local user can read;"
+                    " move them with `listfilter web passwd --from-config` (docs/web.md)", config.path)
+    for user, stored in sorted(web.accounts.items()):
         weak = A.hash_weakness(stored)
         if weak:
-            log.warning("[web.accounts] %s: the password hash is %s; make a new one with"
-                        " `listfilter web passwd`", user, weak)
+            log.warning("account %s: the password hash is %s; make a new one with"
+                        " `listfilter web passwd %s`", user, weak, user)
     for proxy in A.spoofable_proxies(config.web, host):
         log.warning("[web] proxies has %s, an address local users can reach this app from:"
                     " any of them can claim to be anyone (set [web] proxy_secret_env; docs/web.md)", proxy)

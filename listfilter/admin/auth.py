@@ -14,8 +14,12 @@ in ``[web] admins``, or if they hold one of ``[web] roles`` (default:
 instructor) in the roster. The roster roles come from ``web-roles.json`` in
 the state directory, which ``listfilter sync`` writes beside the snapshot from
 the same roster read, so the web app never queries the roster database.
-Accounts in ``[web.accounts]`` (standalone login) are admin accounts: the
-config that lists them is the grant.
+Standalone accounts are admin accounts: the file that lists them is the
+grant. They live in ``[web] accounts_file`` (``user:hash`` lines, root's,
+readable by the app's group only: :class:`Accounts`, written by
+``listfilter web passwd``); ``[web.accounts]`` in the config, which is
+world-readable and meant for version control, still works, and ``check``
+says to move it.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import ipaddress
 import json
 import os
 import secrets
+import stat
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..common import atomic
@@ -105,6 +111,207 @@ def verify_password(accounts: dict[str, str], user: str, password: str) -> bool:
             check_password_hash(_DUMMIES[method], password)
             return False
         return check_password_hash(stored, password)
+
+
+# --------------------------------------------------------------------------
+# The accounts file ([web] accounts_file): root's, readable by the app's group
+
+
+class AccountsFileError(Exception):
+    """The accounts file cannot be used: unreadable, writable by others than root, or malformed."""
+
+
+#: What a new accounts file begins with.
+ACCOUNTS_HEADER = ("# listfilter web accounts: one user:hash per line; `listfilter web passwd USER` writes them.\n"
+                   "# Root's, readable by the group the web app runs as, and no one else (mode 0640): docs/web.md.\n")
+#: The mode ``web passwd`` gives a new file, and the most it leaves an existing one.
+ACCOUNTS_MODE = 0o640
+
+
+def mode_problem(mode: int) -> tuple[str | None, str | None]:
+    """(why the file is refused, what to warn about) for a file mode; (None, None) when it is right.
+
+    Whoever may write the file may give themselves an account: only its
+    owner may. Whoever may read it may try passwords against the hashes
+    offline: every local user should not.
+    """
+    perms = stat.S_IMODE(mode)
+    if perms & 0o022:
+        who = "its group and every local user" if perms & 0o022 == 0o022 else (
+            "its group" if perms & 0o020 else "every local user")
+        return f"mode {perms:04o}: writable by {who}, who could add an account", None
+    if perms & 0o004:
+        return None, f"mode {perms:04o}: every local user can read the password hashes"
+    return None, None
+
+
+def _account_line(line: str) -> tuple[str, str] | None:
+    """(user, hash) of one ``user:hash`` line; None for a blank line or a comment."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    user, _, hashed = line.partition(":")  # a hash has colons of its own; a user name has none
+    return user.strip().lower(), hashed.strip()
+
+
+def parse_accounts(text: str, where: str) -> dict[str, str]:
+    """``user:hash`` lines (blank lines and ``#`` comments allowed) → {user: hash}; AccountsFileError names the line."""
+    from ..sync.config import PASSWORD_HASH
+
+    accounts: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        entry = _account_line(line)
+        if entry is None:
+            continue
+        user, hashed = entry
+        if not user or any(c.isspace() for c in user):
+            raise AccountsFileError(f"{where} line {n}: expected user:hash")
+        if not PASSWORD_HASH.match(hashed):
+            raise AccountsFileError(f"{where} line {n}: {user}: not a password hash"
+                                    f" (make one with `listfilter web passwd {user}`)")
+        if user in accounts:
+            raise AccountsFileError(f"{where} line {n}: {user} is listed twice")
+        accounts[user] = hashed
+    return accounts
+
+
+def read_accounts_file(path: Path) -> tuple[dict[str, str], str | None]:
+    """The accounts in ``path`` and a warning about its mode (or None); no file, no accounts.
+
+    The mode is checked on the open file, so that it is the mode of what is read.
+    """
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        raise AccountsFileError(f"cannot read {path}: {exc.strerror} (it must be readable by the group"
+                                " the web app runs as: docs/web.md)") from None
+    with fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise AccountsFileError(f"{path} is not a file")
+        refused, warning = mode_problem(st.st_mode)
+        if refused:
+            raise AccountsFileError(f"{path}: {refused}; not used (chmod 0640 {path})")
+        try:
+            text = fh.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AccountsFileError(f"{path}: not UTF-8 ({exc.reason})") from None
+        except OSError as exc:
+            raise AccountsFileError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_accounts(text, str(path)), (f"{path}: {warning} (chmod 0640 {path})" if warning else None)
+
+
+def write_accounts(path: Path, accounts: dict[str, str], group: str) -> tuple[int, int, int]:
+    """Add ``accounts`` (user → hash) to the accounts file, or replace their lines; (uid, gid, mode) it has now.
+
+    Atomic (a temporary file, mode 0600 until it is complete, renamed over
+    the file). Every other line, comments included, is kept. An existing
+    file keeps its owner and group and at most mode 0640; a new one is the
+    caller's (root's), of ``group``, mode 0640.
+    """
+    import grp
+
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            text = fh.read().decode("utf-8")
+        parse_accounts(text, str(path))  # a file it cannot read back is not rewritten
+        uid, gid, mode = st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode) & ACCOUNTS_MODE
+    except FileNotFoundError:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise AccountsFileError(f"no group {group!r} for {path}: it is the group the web app runs as"
+                                    " (useradd --user-group listfilter-web, docs/web.md), or give --group") from None
+        text, uid, mode = ACCOUNTS_HEADER, os.geteuid(), ACCOUNTS_MODE
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AccountsFileError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    todo = {user.lower(): hashed for user, hashed in accounts.items()}
+    lines = []
+    for line in text.splitlines():
+        entry = _account_line(line)
+        lines.append(f"{entry[0]}:{todo.pop(entry[0])}" if entry and entry[0] in todo else line)
+    lines += [f"{user}:{hashed}" for user, hashed in todo.items()]
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    try:
+        with atomic.replacing(path, mode) as tmp:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                out.write(data)
+                os.fchown(out.fileno(), uid, gid)
+        atomic.fsync_dir(path.parent)
+    except OSError as exc:
+        raise AccountsFileError(f"cannot write {path}: {exc.strerror}") from None
+    return uid, gid, mode
+
+
+class Accounts(Mapping):
+    """The standalone accounts: ``[web.accounts]`` and the accounts file's (which win), re-read when the file changes.
+
+    So ``listfilter web passwd`` takes effect at the next request, with no
+    restart. A file that turns unusable while the app runs (writable by
+    others, malformed, unreadable) lends no account until it is fixed, and
+    the log says why once.
+    """
+
+    def __init__(self, configured: Mapping[str, str], path: Path):
+        self.configured = dict(configured)
+        self.path = path
+        self.warning: str | None = None
+        self._stamp: object = ()
+        self._merged = dict(self.configured)
+        self._refresh(strict=True)
+
+    def _refresh(self, strict: bool = False) -> None:
+        try:
+            st = os.stat(self.path)
+            stamp: object = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_uid, st.st_gid)
+        except FileNotFoundError:
+            stamp = None
+        except OSError as exc:
+            stamp = exc.errno
+        if stamp == self._stamp:
+            return
+        try:
+            from_file, self.warning = read_accounts_file(self.path)
+        except AccountsFileError as exc:
+            if strict:
+                raise
+            import logging
+
+            logging.getLogger("listfilter.web").error("%s: its accounts cannot sign in until it is fixed", exc)
+            from_file = {}
+        self._merged = {**self.configured, **from_file}
+        self._stamp = stamp
+
+    def __getitem__(self, user: str) -> str:
+        self._refresh()
+        return self._merged[user]
+
+    def __iter__(self):
+        self._refresh()
+        return iter(dict(self._merged))
+
+    def __len__(self) -> int:
+        self._refresh()
+        return len(self._merged)
+
+
+def with_accounts(web: WebSettings) -> WebSettings:
+    """``web`` with every account (the file's too) in ``accounts``; AccountsFileError when the file cannot be used."""
+    import dataclasses
+
+    configured = web.accounts.configured if isinstance(web.accounts, Accounts) else web.accounts
+    return dataclasses.replace(web, accounts=Accounts(configured, web.accounts_file))
+
+
+def no_way_in(web: WebSettings, accounts: Mapping[str, str]) -> str | None:
+    """Why nobody can sign in (no proxy sign-on, no account in the config or the file), or None."""
+    if web.proxy_header or accounts:
+        return None
+    return (f"no way in: set proxy_header and proxies (single sign-on), or add an account with"
+            f" `listfilter web passwd USER` (it writes {web.accounts_file})")
 
 
 # --------------------------------------------------------------------------

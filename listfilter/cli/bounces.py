@@ -11,6 +11,8 @@ import json
 
 import click
 
+from ..common.words import plural
+
 from . import cli, fail, load_config
 
 
@@ -65,9 +67,39 @@ def _notice_state(notice) -> str:
     if notice.status == "sent":
         return "; owners told"
     if notice.status == "owed":
-        tried = f", {notice.attempts} failed attempt(s): {notice.last_error}" if notice.attempts else ""
+        tried = f", {plural(notice.attempts, 'failed attempt')}: {notice.last_error}" if notice.attempts else ""
         return f"; owners' notice owed{tried}"
     return f"; owners' notice dropped: {notice.last_error}"
+
+
+@bounces.command("records")
+@click.option("--days", type=click.IntRange(min=1), default=7, show_default=True,
+              help="Show the reports sync read in the last DAYS days.")
+@click.option("--not-counted", is_flag=True, help="Only the reports that did not count, with why.")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="Show at most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def bounces_records(ctx, days, not_counted, limit, as_json):
+    """Show the bounce reports sync read, newest first, and whether each counted.
+
+    A report counts only for a current member and for a post the mail log
+    shows was delivered to that member in the last 7 days, once per post;
+    the others are kept with the reason (a forged or stray report, a delay,
+    a second report for one post).
+    """
+    from ..store import bounces as B
+
+    with _open(ctx) as store:
+        rows = B.records(store, days=days, not_counted=not_counted, limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"no bounce reports{' not counted' if not_counted else ''} in the last {days} day(s)")
+    for r in rows:
+        when = r.received_at.isoformat(timespec="seconds") if r.received_at else "-"
+        verdict = "counted" if r.counted else f"NOT COUNTED: {r.reason}"
+        click.echo(f"{when}\t{r.list_address}\t{r.member or '(no VERP member)'}\t{verdict}")
 
 
 @bounces.command("clear")

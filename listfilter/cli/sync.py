@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..common.paths import SERVICE_USER
+from ..common.words import plural
 from ..sync import compiler as K
 from ..sync import config as C
 from ..sync import maps as M
@@ -68,6 +69,8 @@ def sync(ctx, dry_run, verbose, quiet, user):
     config = load_config(ctx)
     user = _service_user(ctx, user)
     if dry_run:
+        if (staging := config.staging_note()) is not None:
+            click.echo(f"listfilter: {staging}", err=True)
         text = P.as_user(user, lambda: _dry_run_text(config), reads=(config.site.state_dir, config.site.map_dir))
         click.echo(text, nl=False)
         return
@@ -75,6 +78,8 @@ def sync(ctx, dry_run, verbose, quiet, user):
     result = Y.run(config, user)
     for warning in result.warnings:
         click.echo(f"listfilter: warning: {warning}", err=True)
+    if (staging := config.staging_note()) is not None:  # on every run, --quiet or not
+        click.echo(f"listfilter: {staging}", err=True)
     if quiet:
         return
     for note in result.notes:
@@ -90,7 +95,7 @@ def sync(ctx, dry_run, verbose, quiet, user):
     what.extend(f"map {n}" for n in plan.maps_changed)
     status = ("updated " + ", ".join(what)) if what else "unchanged"
     reload_note = "; postfix reloaded" if result.reloaded else ""
-    click.echo(f"sync: {count} lists, {members} memberships: {status}{reload_note}"
+    click.echo(f"sync: {plural(count, 'list')}, {plural(members, 'membership')}: {status}{reload_note}"
                f" ({time.monotonic() - started:.2f} s)")
 
 
@@ -151,7 +156,7 @@ def lists_cmd(ctx, as_json):
             for l in lists], indent=2))
         return
     for l in lists:
-        click.echo(f"{l.address}\t{l.display_name}\t{len(l.members)} members\tposters: {l.posters_rule}")
+        click.echo(f"{l.address}\t{l.display_name}\t{plural(len(l.members), 'member')}\tposters: {l.posters_rule}")
 
 
 @cli.command()
@@ -184,7 +189,16 @@ def members(ctx, list_name, as_json):
               help="Path of the listfilter program for master.cf (default: this one).")
 @click.pass_context
 def postfix_config(ctx, listfilter_path):
-    """Print the main.cf settings and master.cf entries for this config."""
+    """Print the main.cf settings and master.cf entries for this config.
+
+    When list domains are signed ([dkim]), OpenDKIM's KeyTable, SigningTable
+    and opendkim.conf settings follow; when inbound mail is verified
+    ([verify]), the header_checks table and the settings of the verifying
+    OpenDKIM and of OpenDMARC.
+
+    For a relay with a login, first write its login table (root's, mode 0600)
+    from the password in the environment or the password file.
+    """
     from ..sync import postfixconf
 
     config = load_config(ctx)
@@ -192,5 +206,15 @@ def postfix_config(ctx, listfilter_path):
     # the program actually running (e.g. /opt/listfilter/bin/listfilter), not whatever is first on $PATH
     program = listfilter_path or (str(running.absolute()) if running.name == "listfilter" else None) \
         or shutil.which("listfilter") or "/usr/local/bin/listfilter"
+    # the relay's password cannot go in main.cf: it goes in a table of root's, before the lines that name it
+    if postfixconf.install_login_table(config):
+        click.echo(f"listfilter: wrote {postfixconf.login_table(config)} (mode 0600) with the relay login"
+                   f" from {config.site.relay.password_source()}", err=True)
     click.echo(postfixconf.main_cf(config, program))
     click.echo(postfixconf.master_cf(config, program), nl=False)
+    if config.dkim:  # OpenDKIM's tables and settings, for the sites that sign
+        click.echo()
+        click.echo(postfixconf.opendkim(config), nl=False)
+    if config.verify:  # header_checks and the verifying milters' settings, for the sites that verify
+        click.echo()
+        click.echo(postfixconf.verify_files(config), nl=False)

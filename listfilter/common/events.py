@@ -3,18 +3,24 @@
 Every producer (``deliver``, ``policy``) builds an :class:`Event`; the spool
 (:mod:`listfilter.common.spool`) stores it as one JSON file; ingest
 (:mod:`listfilter.store.ingest`) reads it back with :func:`from_json`, which
-is the one validation. The status words are these and no others:
+is the one validation. The status words are :data:`STATUSES` and no others;
+:data:`MEANINGS` says in one line what each means (the admin page shows it,
+docs/store.md says it at length):
 
 =============  ===========================================================
-``delivered``  handed back to Postfix for the members (``recipient_count``
-               of them; 0 means nobody was left to send to)
-``bounced``    the poster may not post: refused after the queue, notice sent
-               (or why not)
-``rejected``   the poster was refused at RCPT time by the policy service;
-               nothing was queued
-``failed``     listfilter could not hand it on (sendmail failed): Postfix
-               retries, and a later record replaces this one
-``discarded``  stopped on purpose and not sent: a mail loop or a duplicate
+``delivered``  handed back to Postfix for ``recipient_count`` members (0:
+               nobody was left to send to). Handed to Postfix, not
+               received: whether each copy arrived is in Postfix's log
+``bounced``    the From address may not post: refused after the queue, the
+               envelope sender told (or why not)
+``rejected``   the envelope sender was refused at RCPT time by the policy
+               service (``listfilter-policy``); no message was received
+``deferred``   deliver exited 75: Postfix keeps the message and retries;
+               the retry's record replaces this one (see :data:`TEMPORARY`)
+``discarded``  stopped on purpose and not sent: a mail loop, or a message
+               the mail side cannot handle
+``failed``     written by listfilter before ``deferred`` existed, for a
+               sendmail failure; nothing writes it now
 =============  ===========================================================
 
 Standard library only (the mail side writes these per message).
@@ -29,12 +35,28 @@ import os
 import re
 from collections import namedtuple
 
-STATUSES = ("delivered", "bounced", "rejected", "failed", "discarded")
+#: In the order the store's PostgreSQL enum has them (each migration appends).
+STATUSES = ("delivered", "bounced", "rejected", "failed", "discarded", "deferred")
+#: Statuses that say "not finished": a later outcome of the same (message, list)
+#: replaces them, and they never replace an outcome (listfilter.store.database.Store.upsert).
+TEMPORARY = ("deferred", "failed")
+#: What each status means, in one line (the admin page's legend).
+MEANINGS = {
+    "delivered": "handed to Postfix for the number of recipients shown; not a receipt:"
+                 " whether each copy arrived is in Postfix's log",
+    "bounced": "the From address may not post: refused after the queue; the envelope sender was told (or why not)",
+    "rejected": "refused at RCPT time by the policy service: the SMTP client, the envelope sender and why;"
+                " no message was received",
+    "deferred": "listfilter could not handle it yet (exit 75): Postfix keeps the message and retries;"
+                " the retry's outcome replaces this row",
+    "discarded": "stopped on purpose, not sent: a mail loop, or a message that cannot be handled",
+    "failed": "sendmail failed (written by older versions; now deferred)",
+}
 
 FIELDS = ("id", "status", "list_address", "created_at", "rule", "list_display_name", "sender_email",
           "sender_name", "envelope_sender", "client_address", "subject", "message_id", "queue_id",
-          "recipients", "recipient_count", "error_message", "body")
-_DEFAULTS = ("", "", "", "", "", "", "", "", "", (), 0, "", "")
+          "recipients", "recipient_count", "error_message", "body", "helo_name")
+_DEFAULTS = ("", "", "", "", "", "", "", "", "", (), 0, "", "", "")
 
 
 class BadEvent(ValueError):
@@ -78,6 +100,11 @@ def now_utc() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def post_key(message_id: str, queue_id: str) -> str:
+    """What names a post across Postfix's retries: its Message-ID, else the queue id."""
+    return message_id or f"queue:{queue_id}"
+
+
 def stable_id(message_key: str, list_address: str) -> str:
     """One id per (Message-ID or queue id, list): a retry's record replaces the earlier one."""
     return hashlib.sha256(f"listfilter:{message_key}\0{list_address.lower()}".encode(
@@ -98,6 +125,7 @@ def valid_id(ident: str) -> bool:
 
 
 _TEXT_LIMITS = {"list_address": 320, "sender_email": 320, "envelope_sender": 320, "client_address": 100,
+                "helo_name": 320,
                 "message_id": 1000, "queue_id": 100, "rule": 40}
 #: Longest text kept for the other one-line fields (subject, names, error message).
 FIELD_MAX = 4000

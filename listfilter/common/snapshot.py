@@ -15,7 +15,10 @@ Tables (``sqlite3 snapshot.sqlite .dump`` reads them):
 - ``posters(list, email)``: who may post (explicit, role-derived and, when
   the list lets members post, every member), lower-cased;
 - ``suppressed(email, reason)``: addresses no list sends to (bounce scoring
-  on the sync side decides them).
+  on the sync side decides them);
+- ``dmarc(domain, policy, status, expires_at, detail)``: the DMARC policy of
+  every domain that can post to a list with ``dmarc`` not ``off``, looked up
+  by sync (:mod:`listfilter.sync.dmarc`), columns :data:`DMARC_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -27,13 +30,22 @@ from collections import namedtuple
 from pathlib import Path
 
 from .errors import ListfilterError
+from .words import plural
 
-FORMAT = "3"
+#: Bumped whenever a table or column changes: a reader refuses a snapshot of
+#: another format (the mail side defers, exit 75) until sync writes a new one.
+FORMAT = "6"
 
-#: What the mail side needs from [site], carried in the meta table.
-SETTINGS = ("timezone", "spool_dir", "sendmail", "notice_limit")
+#: What the mail side needs from [site], carried in the meta table. ``authserv_id`` is
+#: this host's (whose Authentication-Results count); ``authenticated_trusted`` is
+#: :func:`encode_trusted`'s JSON.
+SETTINGS = ("timezone", "spool_dir", "sendmail", "notice_limit", "postfix_log", "postqueue",
+            "authserv_id", "authenticated_trusted")
 
-#: The lists table: (column, SQL type). ``owners`` is a JSON array.
+#: The lists table: (column, SQL type). ``owners`` and ``dmarc_always`` are JSON arrays;
+#: ``exclude_poster``, ``title_case_subject`` and ``require_authenticated`` are 0 or 1 (the list config's fields).
+#: ``redirect_to`` is the staging valve (``redirect_all_to`` of the list's domain or of [site]): when set,
+#: every copy for the list goes only there; NULL when off.
 LIST_COLUMNS = (
     ("address", "TEXT PRIMARY KEY"),
     ("name", "TEXT NOT NULL"),
@@ -46,8 +58,13 @@ LIST_COLUMNS = (
     ("owners", "TEXT NOT NULL"),
     ("posters_rule", "TEXT NOT NULL"),
     ("exclude_poster", "INTEGER NOT NULL"),
+    ("title_case_subject", "INTEGER NOT NULL"),
     ("notice", "TEXT NOT NULL"),
     ("notice_undated", "TEXT NOT NULL"),
+    ("dmarc", "TEXT NOT NULL"),
+    ("dmarc_always", "TEXT NOT NULL"),
+    ("require_authenticated", "INTEGER NOT NULL"),
+    ("redirect_to", "TEXT"),
     ("member_count", "INTEGER NOT NULL"),
 )
 _NAMES = tuple(name for name, _ in LIST_COLUMNS)
@@ -60,6 +77,49 @@ ListRow = namedtuple("ListRow", _NAMES)
 #: One list as sync compiles it: the row (without the count) plus its members
 #: ((email, name) pairs, sorted by lower-cased email) and posters (lower-cased, sorted).
 CompiledList = namedtuple("CompiledList", _NAMES[:-1] + ("members", "posters"))
+
+#: The dmarc table: one row per domain. ``policy`` is the one receivers apply
+#: (none, quarantine, reject; NULL without a record or when the lookup failed),
+#: ``status`` one of :data:`DMARC_STATUSES`, ``expires_at`` Unix seconds (the
+#: answer's TTL), ``detail`` one line saying where the record was or what failed.
+DMARC_COLUMNS = ("domain", "policy", "status", "expires_at", "detail")
+DmarcEntry = namedtuple("DmarcEntry", DMARC_COLUMNS)
+#: A record was found; the domain publishes none; the lookup failed (SERVFAIL, a timeout): strict.
+DMARC_STATUSES = ("ok", "none", "failed")
+DMARC_FAILED = "failed"
+#: The policies for which a post needs the mitigation.
+DMARC_STRICT = ("quarantine", "reject")
+#: How long past ``expires_at`` an entry still stands. Sync asks again for every
+#: expired entry each time it runs (every 5 minutes from cron), so an entry this
+#: stale means sync has stopped: the mail side then treats the domain as strict.
+DMARC_GRACE = 3600
+
+
+def dmarc_always_match(always, address: str) -> str | None:
+    """The entry of a list's ``dmarc_always`` that covers ``address``: the address itself,
+    its domain, or a parent domain (``example.edu`` covers ``cs.example.edu``); None if none does."""
+    address = address.lower()
+    domain = address.rpartition("@")[2]
+    for entry in always:
+        if entry == address or entry == domain or ("@" not in entry and domain.endswith("." + entry)):
+            return entry
+    return None
+
+#: One ``[site] authenticated_trusted`` entry as the mail side reads it: lower-cased From
+#: domains, and the networks (text, or :data:`LOCAL_SUBMISSION`; (): any client).
+Trusted = namedtuple("Trusted", "domains networks")
+#: The ``networks`` entry for mail submitted on this host with sendmail: it has no client address.
+LOCAL_SUBMISSION = "local"
+
+
+def encode_trusted(entries) -> str:
+    """The ``authenticated_trusted`` setting: entries with ``domains`` and ``networks``, as JSON."""
+    return json.dumps([[list(e.domains), list(e.networks)] for e in entries])
+
+
+def decode_trusted(text: str) -> tuple[Trusted, ...]:
+    return tuple(Trusted(tuple(d), tuple(n)) for d, n in json.loads(text or "[]"))
+
 
 #: The refusal notice's per-message fields, which sync leaves as markers.
 NOTICE_FIELDS = ("poster", "original_subject", "original_date", "reason")
@@ -80,7 +140,7 @@ def fill_notice(text: str, **values: str) -> str:
 
 def summary_line(address: str, members: int, posters: int, rule: str) -> str:
     """One line per list, as ``sync --dry-run`` and ``lists`` show it."""
-    return f"{address}: {members} members, {posters} posters ({rule})"
+    return f"{address}: {plural(members, 'member')}, {plural(posters, 'poster')} ({rule})"
 
 
 class SnapshotError(ListfilterError):
@@ -156,12 +216,23 @@ class Snapshot:
     def suppressed_with_reasons(self) -> dict[str, str]:
         return dict(self._q("SELECT email, reason FROM suppressed ORDER BY email"))
 
+    def dmarc(self, domain: str) -> DmarcEntry | None:
+        """The DMARC entry of one (lower-cased) domain, or None when sync did not look it up."""
+        rows = self._q(f"SELECT {', '.join(DMARC_COLUMNS)} FROM dmarc WHERE domain = ?", (domain.lower(),))
+        return DmarcEntry._make(rows[0]) if rows else None
+
+    def dmarc_entries(self) -> dict[str, DmarcEntry]:
+        """Every DMARC entry, by domain (sync reuses the ones not yet expired)."""
+        return {r[0]: DmarcEntry._make(r) for r in self._q(f"SELECT {', '.join(DMARC_COLUMNS)} FROM dmarc")}
+
+
+_BOOLEANS = ("exclude_poster", "title_case_subject", "require_authenticated")  # stored as 0/1
+
 
 def _list_row(r) -> ListRow:
-    r = list(r)
-    r[8] = tuple(json.loads(r[8]))  # owners
-    r[10] = bool(r[10])  # exclude_poster
-    return ListRow._make(r)
+    row = ListRow._make(r)
+    return row._replace(owners=tuple(json.loads(row.owners)), dmarc_always=tuple(json.loads(row.dmarc_always)),
+                        **{k: bool(getattr(row, k)) for k in _BOOLEANS})
 
 
 def installed_digest(path: Path) -> str | None:
@@ -171,6 +242,15 @@ def installed_digest(path: Path) -> str | None:
             return snap.meta.get("digest")
     except SnapshotError:
         return None
+
+
+def installed_dmarc(path: Path) -> dict[str, DmarcEntry]:
+    """The installed snapshot's DMARC entries (none if there is no usable snapshot)."""
+    try:
+        with Snapshot(path) as snap:
+            return snap.dmarc_entries()
+    except SnapshotError:
+        return {}
 
 
 # --------------------------------------------------------------------------
@@ -184,15 +264,26 @@ CREATE TABLE members (list TEXT NOT NULL, email TEXT NOT NULL, name TEXT NOT NUL
 CREATE TABLE posters (list TEXT NOT NULL, email TEXT NOT NULL,
                       PRIMARY KEY (list, email)) WITHOUT ROWID;
 CREATE TABLE suppressed (email TEXT PRIMARY KEY, reason TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE dmarc (domain TEXT PRIMARY KEY, policy TEXT, status TEXT NOT NULL, expires_at INTEGER NOT NULL,
+                    detail TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
+def _list_values(lst: CompiledList) -> tuple:
+    """One row of the lists table, in :data:`LIST_COLUMNS` order."""
+    values = {**lst._asdict(), "owners": json.dumps(list(lst.owners)),
+              "dmarc_always": json.dumps(list(lst.dmarc_always)), "member_count": len(lst.members)}
+    values.update((k, int(values[k])) for k in _BOOLEANS)
+    return tuple(values[n] for n in _NAMES)
+
+
 def write(path: Path, lists: list[CompiledList], meta: dict[str, str],
-          suppressed: dict[str, str] | None = None) -> None:
+          suppressed: dict[str, str] | None = None, dmarc: dict[str, DmarcEntry] | None = None) -> None:
     """Write the snapshot atomically: temporary file, fsync, rename, fsync dir.
 
     ``meta`` holds the digest, the site settings and what describes the run
-    (generated_at, config path); ``suppressed`` maps addresses to a reason.
+    (generated_at, config path); ``suppressed`` maps addresses to a reason;
+    ``dmarc`` domains to their :class:`DmarcEntry`.
     """
     from .atomic import fsync_dir, replacing
 
@@ -203,14 +294,15 @@ def write(path: Path, lists: list[CompiledList], meta: dict[str, str],
             conn.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;" + _SCHEMA)
             conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted({**meta, "format": FORMAT}.items()))
             conn.executemany(
-                f"INSERT INTO lists VALUES ({', '.join('?' for _ in LIST_COLUMNS)})",
-                [(*l[:8], json.dumps(list(l.owners)), l.posters_rule, int(l.exclude_poster), l.notice,
-                  l.notice_undated, len(l.members)) for l in lists])
+                f"INSERT INTO lists ({', '.join(_NAMES)}) VALUES ({', '.join('?' for _ in LIST_COLUMNS)})",
+                [_list_values(l) for l in lists])
             conn.executemany("INSERT INTO members VALUES (?,?,?)",
                              ((l.address, e, n) for l in lists for e, n in l.members))
             conn.executemany("INSERT INTO posters VALUES (?,?)",
                              ((l.address, p) for l in lists for p in l.posters))
             conn.executemany("INSERT INTO suppressed VALUES (?,?)", sorted((suppressed or {}).items()))
+            conn.executemany(f"INSERT INTO dmarc ({', '.join(DMARC_COLUMNS)}) VALUES (?,?,?,?,?)",
+                             sorted(tuple(e) for e in (dmarc or {}).values()))
             conn.commit()
         finally:
             conn.close()

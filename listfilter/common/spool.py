@@ -3,13 +3,14 @@
 Under the spool directory (site.spool_dir, writable by the ``listfilter`` user)::
 
     events/<id>.json           one record per outcome (an Event), for the mail log
+    events/<id>.deferred.json  the latest deferral of that (message, list), until an outcome replaces it
     events/.ingest/            records sync has claimed and not yet committed
     events/bad/                records ingest could not read, each with a .reason file
     sent/<key>.json            progress, then completion, of one (message, list) delivery
     sent/<key>.lock            held while that delivery runs: one delivery at a time
     sent/<key>.msg             the post as handed to sendmail, while the delivery runs
     sent/bad/                  progress records that could not be read, set aside
-    notices/<day>/<sender>.<n> slot n of that sender's refusal notices that day
+    notices/<day>/<hash>.<n>   slot n of one sender's refusal notices that day (hash of the address)
     bounces/<id>.json          one record per bounce received (create-only; sync scores them)
     bounces/.ingest/           records sync has claimed and not yet committed
     bounces/bad/               records sync could not read, each with a .reason file
@@ -40,6 +41,8 @@ SENT = "sent"
 NOTICES = "notices"
 BOUNCES = "bounces"
 SUBDIRS = (EVENTS, SENT, NOTICES, BOUNCES)
+#: The name part of a deferral's record, between the event id and ".json".
+DEFERRAL = ".deferred"
 
 #: A (Message-ID, list) pair delivered this recently is not delivered again;
 #: sync prunes its record after that.
@@ -123,9 +126,27 @@ def set_aside(path: Path, reason: str) -> Path | None:
 
 
 def write_event(spool: Path, event) -> Path:
-    """Store an :class:`~listfilter.common.events.Event` (a retry's record replaces the earlier one)."""
+    """Store an :class:`~listfilter.common.events.Event` (a retry's record replaces the earlier one).
+
+    A deferral (a status in ``events.TEMPORARY``) is ``<id>.deferred.json``,
+    beside the outcome's ``<id>.json`` and never over it: a second copy of a
+    post that defers while the first copy's delivery still waits here for
+    ingest cannot erase that delivery (ingest keeps the outcome:
+    :meth:`listfilter.store.database.Store.upsert`). An outcome removes the
+    deferral it ends.
+    """
+    from .events import TEMPORARY
+
+    deferral = spool / EVENTS / f"{event.id}{DEFERRAL}.json"
+    if event.status in TEMPORARY:
+        _write(deferral, event.to_json())
+        return deferral
     path = spool / EVENTS / f"{event.id}.json"
     _write(path, event.to_json())
+    try:
+        deferral.unlink()
+    except OSError:  # none, or claimed by an ingest: the store ranks the two records
+        pass
     return path
 
 
@@ -269,8 +290,9 @@ class Delivery:
             raise SpoolError(busy)
         self._message = os.fdopen(fd, "r+b")
 
-    def load(self) -> None:
-        """Read the progress record (a dry run reads it without the lock)."""
+    def load(self, readonly: bool = False) -> None:
+        """Read the progress record (a dry run reads it without the lock, ``readonly``: an
+        unreadable record is then left where it is, and the delivery starts afresh all the same)."""
         try:
             with open(self.path, "rb") as fh:
                 data = json.loads(fh.read())
@@ -283,6 +305,9 @@ class Delivery:
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as exc:
+            if readonly:
+                self.set_aside = f"{self.path} is unreadable ({exc}); a real delivery sets it aside and starts afresh"
+                return
             where = set_aside(self.path, f"unreadable progress record: {exc}")
             self.set_aside = f"{self.path} was unreadable ({exc}); set aside as {where}; delivering afresh"
 

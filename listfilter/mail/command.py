@@ -7,7 +7,8 @@ that argv, ``--name value`` or ``--name=value``, nothing else; it costs no
 imports. :func:`run` calls the command's body and makes sure it ends as
 sysexits says: a :class:`~listfilter.common.errors.ListfilterError` with its
 code and DSN, anything unexpected as 75 with the traceback in syslog, never
-exit 1 (which pipe(8) would turn into a bounce).
+exit 1 (which pipe(8) would turn into a bounce). Every log line goes through
+:func:`log`, which a dry run turns away from syslog.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import sys
 import syslog
 
-from ..common.errors import EX_NOUSER, EX_OK, EX_TEMPFAIL, ListfilterError, report
+from ..common.errors import EX_NOUSER, EX_OK, EX_TEMPFAIL, ListfilterError, dsn_line
 
 
 class UsageError(ListfilterError):
@@ -63,30 +64,62 @@ def usage(prog: str, options: dict[str, str | None], flags: tuple[str, ...], hel
     return f"usage: {prog} {' '.join(parts)}\n\n{help_text.strip()}\n"
 
 
-def run(body, argv: list[str], queue_id: str = "") -> int:
-    """Run ``body(argv)`` (which returns the log line of a success) and end as Postfix expects."""
-    syslog.openlog("listfilter", syslog.LOG_PID, syslog.LOG_MAIL)
+#: Whether :func:`log` writes to syslog; :func:`run` turns it off for a dry run.
+_to_syslog = True
+
+
+def log(priority: int, line: str) -> None:
+    """One log line: to syslog (facility mail), or in a dry run to stderr, so that a test run
+    never shows up in the mail log that tracing a real post reads."""
+    if _to_syslog:
+        syslog.syslog(priority, line)
+    else:
+        print(line, file=sys.stderr)
+
+
+def run(body, argv: list[str], queue_id: str = "", dry_run: bool = False) -> int:
+    """Run ``body(argv)`` (which returns the log line of a success) and end as Postfix expects.
+
+    A dry run (``--dry-run``, typed by a person) writes no syslog line at all:
+    what the real run would log goes to stderr, an error's line once.
+    """
+    global _to_syslog
+
+    _to_syslog = not dry_run
+    if _to_syslog:
+        syslog.openlog("listfilter", syslog.LOG_PID, syslog.LOG_MAIL)
     qid = queue_id or "NOQUEUE"
     try:
         line = body(argv)
     except ListfilterError as exc:
-        # only "no such list" bounces; every other expected failure (a snapshot
-        # or spool problem included) may clear up: defer
-        code = EX_NOUSER if exc.exit_code == EX_NOUSER else EX_TEMPFAIL
-        dsn = getattr(exc, "dsn", "4.3.0")
-        text = report(dsn, str(exc) + ("; will retry" if code == EX_TEMPFAIL else ""))
-        syslog.syslog(syslog.LOG_WARNING if code == EX_TEMPFAIL else syslog.LOG_NOTICE, f"{qid}: {text}")
+        code, text = ending(exc)
+        print(text, file=sys.stderr)
+        if _to_syslog:
+            log(syslog.LOG_WARNING if code == EX_TEMPFAIL else syslog.LOG_NOTICE, f"{qid}: {text}")
         return code
-    except Exception as exc:  # never a traceback on stderr: defer, and keep the detail in syslog
+    except Exception as exc:  # never a traceback on stderr (but in a dry run): defer, the detail in syslog
         import traceback
 
         for tb_line in traceback.format_exc().splitlines():
-            syslog.syslog(syslog.LOG_ERR, f"{qid}: {tb_line}")
-        report("4.3.0", f"internal error ({type(exc).__name__}: {exc}); will retry")
+            log(syslog.LOG_ERR, f"{qid}: {tb_line}")
+        print(ending(exc)[1], file=sys.stderr)
         return EX_TEMPFAIL
     if line:
-        syslog.syslog(syslog.LOG_INFO, f"{qid}: {line}")
+        log(syslog.LOG_INFO, f"{qid}: {line}")
     return EX_OK
+
+
+def ending(exc: BaseException) -> tuple[int, str]:
+    """How a failure ends: the exit code and the one stderr line pipe(8) gets (the DSN first).
+
+    Only "no such list" bounces; every other expected failure (a snapshot or
+    spool problem included) may clear up, and anything unexpected may too: defer.
+    """
+    if isinstance(exc, ListfilterError):
+        code = EX_NOUSER if exc.exit_code == EX_NOUSER else EX_TEMPFAIL
+        text = str(exc) + ("; will retry" if code == EX_TEMPFAIL else "")
+        return code, dsn_line(getattr(exc, "dsn", "4.3.0"), text)
+    return EX_TEMPFAIL, dsn_line("4.3.0", f"internal error ({type(exc).__name__}: {exc}); will retry")
 
 
 def queue_id_of(argv: list[str]) -> str:

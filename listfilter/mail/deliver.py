@@ -2,7 +2,7 @@
 
 master.cf runs it with a fixed command line::
 
-    listfilter-deliver --snapshot /var/lib/listfilter/snapshot.sqlite
+    listfilter-deliver --snapshot /var/lib/listfilter/snapshot.sqlite --spool /var/lib/listfilter/spool
         --sender ${sender} --recipient ${original_recipient} --queue-id ${queue_id}
 
 It reads the message once, looks the list up in the snapshot, gathers the
@@ -15,7 +15,9 @@ Standard library only: it runs once per message.
 Exit status (sysexits, as pipe(8) reads it): 0 delivered, discarded, or
 refused and notified; 67 no such list (Postfix bounces); 75 anything
 temporary or unexpected (Postfix defers and retries). stderr gets one line
-that begins with the DSN.
+that begins with the DSN. A post that ends in 75 also leaves a ``deferred``
+event with that line (:class:`Deferral`), wherever the spool can be written:
+the snapshot's spool, or while the snapshot cannot be read, ``--spool``.
 """
 
 from __future__ import annotations
@@ -25,23 +27,31 @@ import sys
 from pathlib import Path
 
 from ..common import spool as SP
+from ..common import staging as ST
 from ..common.addresses import bounces_address, parse_recipient, verp_member
 from ..common.errors import Defer, ListfilterError, NoSuchList
-from ..common.events import Event, now_utc, stable_id
+from ..common.events import Event, now_utc, post_key, stable_id
 from ..common.paths import DEFAULT_SNAPSHOT
-from ..common.snapshot import Snapshot
+from ..common.snapshot import Snapshot, decode_trusted
+from ..common.words import plural
 from . import rules as R
-from .command import help_requested, parse, print_help, queue_id_of, run, usage
+from .command import ending, help_requested, log, parse, print_help, queue_id_of, run, usage
 from .message import Headers, header_text, poster_of, render, split_message
 
-OPTIONS = {"snapshot": DEFAULT_SNAPSHOT, "sender": None, "recipient": None, "queue-id": ""}
+OPTIONS = {"snapshot": DEFAULT_SNAPSHOT, "spool": "", "sender": None, "recipient": None, "queue-id": "",
+           "client-address": ""}
 FLAGS = ("dry-run",)
 HELP = """Filter one list message from Postfix's pipe (the message on stdin).
 
   --snapshot PATH   the compiled snapshot (default /var/lib/listfilter/snapshot.sqlite)
+  --spool PATH      where to record a deferral while the snapshot cannot be read
+                    (default: spool/ beside the snapshot); otherwise the snapshot names the spool
   --sender ADDR     the envelope sender (${sender}; empty for bounces)
   --recipient ADDR  the list address (${original_recipient})
   --queue-id ID     Postfix's queue id (${queue_id}), for the logs
+  --client-address IP
+                    the SMTP client Postfix received it from (${client_address}; empty for
+                    sendmail), matched against [site] authenticated_trusted networks
   --dry-run         print each rule's verdict, the recipients and the message; send nothing
 """
 
@@ -53,26 +63,99 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if help_requested(argv):
         return print_help(usage("listfilter-deliver", OPTIONS, FLAGS, HELP))
-    return run(lambda a: deliver(parse(a, OPTIONS, FLAGS), sys.stdin.buffer.read()), argv, queue_id_of(argv))
+    return run(lambda a: deliver(parse(a, OPTIONS, FLAGS), sys.stdin.buffer.read()), argv, queue_id_of(argv),
+               dry_run="--dry-run" in argv)
 
 
 def deliver(args: dict, raw: bytes) -> str:
-    """Deliver one message; the log line. Raises Defer or NoSuchList."""
+    """Deliver one message; the log line. Raises Defer or NoSuchList; a post's deferral is recorded first."""
     target = parse_recipient(args["recipient"])
     if target is None:
         raise NoSuchList(f"{args['recipient']!r} is not a list address")
-    with Snapshot(args["snapshot"]) as snap:
-        row = snap.get_list(target.list_address)
-        if row is None:
-            raise NoSuchList(f"<{args['recipient']}>: no such list here")
-        if target.kind == "bounces":  # the transport map sends these to listfilter-bounce
-            member = verp_member(target.extension) if target.extension else None
-            return (f"bounce for {row.address}{' from member ' + member if member else ''} received;"
-                    " nothing sent")
-        job = Job(args, raw, snap, row)
-        if target.kind in ("owner", "request"):
-            return job.to_owners(target.kind)
-        return job.post()
+    deferral = Deferral(args, raw, target.list_address)
+    try:
+        with Snapshot(args["snapshot"]) as snap:
+            deferral.spool = Path(snap.settings()["spool_dir"])
+            row = snap.get_list(target.list_address)
+            if row is None:
+                raise NoSuchList(f"<{args['recipient']}>: no such list here")
+            if target.kind == "bounces":  # the transport map sends these to listfilter-bounce
+                member = verp_member(target.extension) if target.extension else None
+                return (f"bounce for {row.address}{' from member ' + member if member else ''} received;"
+                        " nothing sent")
+            deferral.row = row
+            deferral.job = job = Job(args, raw, snap, row)
+            if target.kind in ("owner", "request"):
+                return job.to_owners(target.kind)
+            return job.post()
+    except NoSuchList:
+        raise
+    except Exception as exc:  # Postfix will defer it (command.run): say so in the mail log too
+        # (-owner and -request mail has no rows, delivered or not; a dry run records nothing)
+        if target.kind == "post" and not args["dry_run"]:
+            deferral.record(exc)
+        raise
+
+
+def envelope_sender(value: str | None) -> str:
+    """``${sender}`` as the records keep it: no brackets, "" for the null sender."""
+    sender = (value or "").strip().strip("<>")
+    return "" if sender.upper() == "MAILER-DAEMON" else sender
+
+
+class Deferral:
+    """The ``deferred`` event of a post that ends in exit 75, as much of it as is known.
+
+    Its id is the post's (:func:`post_key`), so a retry's outcome replaces it
+    and every further deferral updates it: one row per (message, list),
+    however often Postfix retries. The spool is the snapshot's; while the
+    snapshot cannot be read, ``--spool`` (default: ``spool`` beside the
+    snapshot), and then only if that directory exists (its subdirectories
+    are made as usual; the spool itself never at a guessed path). When no
+    spool can be written, syslog has the only record.
+    """
+
+    def __init__(self, args: dict, raw: bytes, list_address: str):
+        self.args, self.raw, self.list_address = args, raw, list_address
+        self.spool = Path(args["spool"] or Path(args["snapshot"]).parent / "spool")
+        self.row = None
+        self.job: Job | None = None
+
+    def record(self, exc: BaseException) -> None:
+        import syslog
+
+        queue_id = self.args["queue_id"] or ""
+        try:
+            event = self._event()._replace(status="deferred", rule="", created_at=now_utc(),
+                                           error_message=ending(exc)[1])
+            if not self.spool.is_dir():  # nothing is made at a path only guessed
+                raise SP.SpoolError(f"spool {self.spool} does not exist")
+            SP.ensure(self.spool)
+            SP.write_event(self.spool, event)
+        except Exception as err:  # the deferral stands; only its record is lost
+            log(syslog.LOG_ERR, f"{queue_id or 'NOQUEUE'}: cannot record the deferral in {self.spool}: {err}")
+
+    def _event(self) -> Event:
+        job = self.job
+        if job is not None and job.event is not None:  # the post was read: everything but the outcome
+            return job.event._replace(recipients=tuple(job.handed), recipient_count=len(job.handed),
+                                      body=job._body_text())
+        queue_id = self.args["queue_id"] or ""
+        sender = envelope_sender(self.args["sender"])
+        address = self.row.address if self.row is not None else self.list_address
+        name = self.row.display_name if self.row is not None else ""
+        try:
+            fields, body = split_message(self.raw)
+            headers = Headers(fields)
+            from_name, from_addr, _ = poster_of(headers)
+            message_id = (header_text(headers, "Message-ID") or "").strip()
+        except Exception:  # a message the post would discard as unhandled: its queue id names it
+            return Event(id=stable_id(post_key("", queue_id), address), status="", list_address=address,
+                         created_at="", list_display_name=name, envelope_sender=sender, queue_id=queue_id)
+        return Event(id=stable_id(post_key(message_id, queue_id), address), status="", list_address=address,
+                     created_at="", list_display_name=name, sender_email=from_addr or sender, sender_name=from_name,
+                     envelope_sender=sender, subject=header_text(headers, "Subject") or "", message_id=message_id,
+                     queue_id=queue_id, body=body_text(headers, body))
 
 
 class Job:
@@ -81,11 +164,11 @@ class Job:
     def __init__(self, args: dict, raw: bytes, snap: Snapshot, row):
         self.dry = bool(args["dry_run"])
         self.queue_id = args["queue_id"] or ""
-        self.sender = (args["sender"] or "").strip().strip("<>")
-        if self.sender.upper() == "MAILER-DAEMON":
-            self.sender = ""
+        self.client_address = (args.get("client_address") or "").strip()
+        self.sender = envelope_sender(args["sender"])
         self.raw = raw
         self.event = None
+        self.handed: list[str] = []  # the recipients sendmail has taken so far
         self.snap = snap
         self.row = row
         self.settings = snap.settings()
@@ -111,7 +194,7 @@ class Job:
         poster = poster_of(self.headers)
         from_name, from_addr, self.from_problem = poster
         message_id = (header_text(self.headers, "Message-ID") or "").strip()
-        message_key = message_id or f"queue:{self.queue_id}"
+        message_key = post_key(message_id, self.queue_id)
         self.new_message_id = not message_id
         if not message_id:
             # Postfix's sendmail does not tell us the queue id it assigns, so the
@@ -127,7 +210,7 @@ class Job:
             message_id=message_id, queue_id=self.queue_id)
         progress = SP.Delivery(self.spool, message_key, self.row.address)
         if self.dry:
-            progress.load()
+            progress.load(readonly=True)  # a dry run moves nothing in the spool
             return self._decide_and_act(progress, from_addr)
         with progress:
             if progress.set_aside:
@@ -141,7 +224,9 @@ class Job:
             headers=self.headers, list_row=self.row, from_address=from_addr,
             may_post=bool(from_addr) and self.snap.may_post(self.row.address, from_addr),
             delivered_recently=progress.done and progress.recent(SP.DUPLICATE_WINDOW_DAYS),
-            message_id=self.event.message_id, from_problem=self.from_problem)
+            message_id=self.event.message_id, from_problem=self.from_problem,
+            authserv_id=self.settings["authserv_id"], trusted=decode_trusted(self.settings["authenticated_trusted"]),
+            client_address=self.client_address)
         decision, trail = R.decide(facts)
         if self.dry:
             for name, verdict in trail:
@@ -163,26 +248,48 @@ class Job:
         """Hand the post to sendmail in batches, each recorded as in flight before it goes and as
         accepted after; a batch a killed attempt left in flight is settled first (:mod:`.handoff`)."""
         from .handoff import log_position, message_id_of, resolve
-        from .headers import rewrite_headers
+        from .headers import rewrite_headers, wrap_message
         from ..common.sendmail import submit
 
         if self.new_message_id and progress.data.get("message_id"):
             # a retry goes out with the Message-ID its earlier batches carried
             self.event = self.event._replace(message_id=progress.data["message_id"])
-        recipients = R.recipients([e for e, _ in self.snap.members(self.row.address)], poster=from_addr,
-                                  exclude_poster=self.row.exclude_poster, list_address=self.row.address,
-                                  suppressed=self.snap.suppressed())
-        fields = rewrite_headers(self.headers, self.row, dt.datetime.now(self._tz()),
-                                 message_id=self.event.message_id if self.new_message_id else None)
-        rewritten = render(fields, self.body)
+        members = [e for e, _ in self.snap.members(self.row.address)]
+        who_gets_it = dict(poster=from_addr, exclude_poster=self.row.exclude_poster, list_address=self.row.address,
+                           suppressed=self.snap.suppressed())
+        recipients = R.recipients(members, **who_gets_it)
+        # an accepted post that reaches no one says so, and why, wherever "delivered" is shown
+        nobody = "" if recipients else f"nobody was sent a copy: {R.nobody_reason(members, **who_gets_it)}"
+        mitigation, dmarc_note = self._dmarc(from_addr)
+        now, new_id = dt.datetime.now(self._tz()), self.event.message_id if self.new_message_id else None
+        body = self.body
+        if mitigation is not None and mitigation.mode == "wrap":
+            fields, body = wrap_message(self.headers, self.body, self.row, now, message_id=new_id,
+                                        poster=(self.event.sender_name, from_addr))
+        else:
+            fields = rewrite_headers(self.headers, self.row, now, message_id=new_id,
+                                     munge=(self.event.sender_name, from_addr) if mitigation else None)
+        rewritten = render(fields, body)
+        staging = self.row.redirect_to  # the staging valve: every copy goes only there, naming the real ones
+        copies_to = ST.redirected(recipients, staging)
+        if staging:
+            rewritten = ST.redirect_header(recipients) + rewritten
+        redirect_note = f"redirected to {staging} (staging)" if staging and recipients else ""
         if self.dry:
-            return self._dry(f"delivered: would deliver to {len(recipients)} recipients", recipients, rewritten)
+            if dmarc_note:
+                sys.stdout.write(f"dmarc: {dmarc_note}\n")
+            if redirect_note:
+                sys.stdout.write(f"staging: {redirect_note}: the copy goes only there\n")
+            return self._dry(f"delivered: would deliver to {plural(len(recipients), 'recipient')}"
+                             + (f" ({nobody})" if nobody else "") + (f", {redirect_note}" if redirect_note else ""),
+                             recipients, rewritten)
         bounces = bounces_address(self.row.address)
         resolve(progress, self.settings, sender=bounces, queue_id=self.queue_id)
         already = progress.accepted
-        todo = [r for r in recipients if r.lower() not in already]
+        todo = [r for r in copies_to if r.lower() not in already]
         parts = R.batches(todo)
-        sent = len(recipients) - len(todo)
+        sent = len(copies_to) - len(todo)
+        self.handed = [r for r in copies_to if r.lower() in already]
         stdin = progress.message_file(rewritten) if parts else None
         where = log_position(self.settings.get("postfix_log")) if parts and not progress.batches else None
         for n, batch in enumerate(parts, start=1):
@@ -190,16 +297,35 @@ class Job:
             try:
                 submit(self.settings["sendmail"], bounces, batch, stdin, verp=True)
             except Exception as exc:  # SendError, or anything else: record, then defer
-                error = f"sendmail failed after {sent} of {len(recipients)} recipients: {exc}"
-                self._record("failed", decision, error, recipients, error=f"{error}; Postfix will retry")
-                raise Defer(error) from None
+                error = f"sendmail failed after {sent} of {plural(len(copies_to), 'recipient')}: {exc}"
+                raise Defer(error) from None  # recorded as deferred (Deferral), with self.handed
             sent += len(batch)
+            self.handed.extend(batch)
             if n < len(parts):  # the last batch is covered by finish()
                 progress.record_batch(batch, self.queue_id)
-        progress.finish(queue_id=self.queue_id, recipients=len(recipients))
-        who = f"{len(recipients)} recipients" if recipients else "0 recipients: nobody left to send to"
+        progress.finish(queue_id=self.queue_id, recipients=len(copies_to))
+        who = plural(len(recipients), "recipient") if recipients else f"0 recipients, {nobody}"
+        # the event keeps the real recipients; the note says where the copy really went
         return self._record("delivered", decision, f"to=<{self.row.address}>, from=<{from_addr}>,"
-                            f" message-id={self.event.message_id}, status=delivered ({who})", recipients)
+                            f" message-id={self.event.message_id}, status=delivered ({who})"
+                            + (f", {redirect_note}" if redirect_note else "")
+                            + (f", dmarc={mitigation.mode} ({mitigation.reason})" if mitigation else ""),
+                            recipients, error="; ".join(t for t in (redirect_note, nobody, dmarc_note) if t))
+
+    def _dmarc(self, from_addr: str | None):
+        """The DMARC mitigation this post gets (rules.dmarc_mitigation, from the snapshot's dmarc table),
+        and the words the mail log keeps about it ("" when none)."""
+        import time
+
+        entry = None
+        if from_addr and self.row.dmarc != "off":
+            entry = self.snap.dmarc(from_addr.rpartition("@")[2])
+        mitigation = R.dmarc_mitigation(self.row, from_addr, entry, time.time())
+        if mitigation is None:
+            return None, ""
+        what = ("From: rewritten to the list's address" if mitigation.mode == "munge"
+                else "sent inside a message from the list")
+        return mitigation, f"{what} (dmarc = {mitigation.mode}): {mitigation.reason}"
 
     def _refuse(self, decision, from_addr: str | None) -> str:
         from .notices import build_refusal_notice, notice_suppressed
@@ -219,12 +345,15 @@ class Job:
                                           poster=from_addr, envelope_sender=self.sender,
                                           reason=decision.reason, now=now, parsed=self.headers)
         note = f"notice sent to <{self.sender}>" if notice is not None else f"no notice ({why_not})"
+        if notice is not None and self.row.redirect_to:  # the staging valve: the poster is named, not mailed
+            notice = ST.redirect_header([self.sender]) + notice
+            note = f"notice for <{self.sender}> redirected to {self.row.redirect_to} (staging)"
         summary = f"to=<{self.row.address}>, from=<{from_addr or ''}>, status=bounced ({decision.reason}; {note})"
         if self.dry:
             return self._dry(f"bounced: {summary}", [], notice)
         if notice is not None:
             try:
-                submit(self.settings["sendmail"], "", [self.sender], notice)
+                submit(self.settings["sendmail"], "", ST.redirected([self.sender], self.row.redirect_to), notice)
             except SendError as exc:
                 SP.release_notice(slot)
                 raise Defer(f"cannot send the refusal notice: {exc}") from None
@@ -237,11 +366,11 @@ class Job:
 
         qid = self.queue_id or "NOQUEUE"
         for line in traceback.format_exc().splitlines():
-            syslog.syslog(syslog.LOG_ERR, f"{qid}: {line}")
+            log(syslog.LOG_ERR, f"{qid}: {line}")  # a dry run's go to stderr
         reason = f"the message could not be handled ({type(exc).__name__}: {exc})"[:500]
         decision = R.Decision("unhandled", R.DISCARD, reason)
         if self.event is None:
-            self.event = Event(id=stable_id(f"queue:{self.queue_id}", self.row.address), status="",
+            self.event = Event(id=stable_id(post_key("", self.queue_id), self.row.address), status="",
                                list_address=self.row.address, created_at="", envelope_sender=self.sender,
                                queue_id=self.queue_id, list_display_name=self.row.display_name)
         return self._record("discarded", decision, f"to=<{self.row.address}>, status=discarded ({reason})")
@@ -253,13 +382,16 @@ class Job:
         from ..common.sendmail import SendError, submit
 
         owners = list(self.row.owners)
+        staging = self.row.redirect_to
+        note = f", redirected to {staging} (staging)" if staging and owners else ""
         if self.dry:
-            return self._dry(f"delivered: would forward to the owners of {self.row.address}", owners, None)
+            return self._dry(f"delivered: would forward to the owners of {self.row.address}{note}", owners, None)
+        message = (ST.redirect_header(owners) + self.raw) if staging else self.raw
         try:
-            submit(self.settings["sendmail"], self.sender, owners, self.raw)
+            submit(self.settings["sendmail"], self.sender, ST.redirected(owners, staging), message)
         except SendError as exc:
             raise Defer(str(exc)) from None
-        return f"{kind} mail for {self.row.address} forwarded to {len(owners)} owner(s)"
+        return f"{kind} mail for {self.row.address} forwarded to {plural(len(owners), 'owner')}{note}"
 
     # ------------------------------------------------------------ helpers
 
@@ -281,22 +413,7 @@ class Job:
         return line
 
     def _body_text(self) -> str:
-        """The body for the log, capped: a single text part decoded (transfer
-        encoding and charset, as the parsed headers say); anything else as it came."""
-        raw = self.body[:BODY_CAP]
-        try:
-            if self.headers.get_content_maintype() == "text":
-                from email.message import Message
-
-                # what email's text content manager does, without importing it per message
-                part = Message()
-                part["Content-Transfer-Encoding"] = str(self.headers.get("Content-Transfer-Encoding", "7bit"))
-                part.set_payload(raw.decode("ascii", "surrogateescape"))
-                return part.get_payload(decode=True).decode(self.headers.get_content_charset() or "us-ascii",
-                                                            "replace")
-        except Exception:  # an unknown charset or an undecodable body is logged as it came
-            pass
-        return raw.decode("utf-8", "replace")
+        return body_text(self.headers, self.body)
 
     def _dry(self, decision: str, recipients: list[str], message: bytes | None) -> str:
         out = sys.stdout
@@ -312,6 +429,24 @@ class Job:
                 sys.stdout.buffer.write(b"\n")
         out.flush()
         return ""
+
+
+def body_text(headers: Headers, body: bytes) -> str:
+    """The body for the log, capped: a single text part decoded (transfer
+    encoding and charset, as the parsed headers say); anything else as it came."""
+    raw = body[:BODY_CAP]
+    try:
+        if headers.get_content_maintype() == "text":
+            from email.message import Message
+
+            # what email's text content manager does, without importing it per message
+            part = Message()
+            part["Content-Transfer-Encoding"] = str(headers.get("Content-Transfer-Encoding", "7bit"))
+            part.set_payload(raw.decode("ascii", "surrogateescape"))
+            return part.get_payload(decode=True).decode(headers.get_content_charset() or "us-ascii", "replace")
+    except Exception:  # an unknown charset or an undecodable body is logged as it came
+        pass
+    return raw.decode("utf-8", "replace")
 
 
 if __name__ == "__main__":

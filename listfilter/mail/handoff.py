@@ -30,11 +30,11 @@ again: a member may get a second copy, none is lost). Standard library only.
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
 from ..common.errors import Defer
+from ..common.words import plural
 
 #: A batch that has been "still being picked up" for this long is sent again:
 #: waiting longer would hold the rest of the post back for a Postfix that is not moving.
@@ -43,11 +43,6 @@ PENDING_LIMIT = 3600.0
 SETTLE = 2.0
 #: postqueue lists the whole queue; a queue that takes longer than this is not read.
 POSTQUEUE_TIMEOUT = 60.0
-
-#: The log lines a submission leaves, after the syslog prefix (compiled on a retry only).
-LINE = rb"/(pickup|cleanup|qmgr)\[\d+\]: ([0-9A-Za-z]+): (.*?)\r?$"
-PICKUP = rb"uid=(\d+) from=<(.*)>$"
-QMGR = rb"from=<(.*)>, size=\d+, nrcpt=(\d+) "
 
 
 class Verdict:
@@ -100,14 +95,14 @@ def resolve(progress, settings: dict, *, sender: str, queue_id: str) -> Verdict 
     count = len(flight["recipients"])
     if verdict.taken:
         progress.record_batch(flight["recipients"], queue_id)
-        _note(queue_id, f"the batch of {count} recipients in flight when an earlier attempt ended is in"
+        _note(queue_id, f"the batch of {plural(count, 'recipient')} in flight when an earlier attempt ended is in"
                         f" Postfix's log as {verdict.queue_id} ({verdict.why}); not sent again")
     elif verdict.pending and time.time() - float(flight.get("at", 0)) < PENDING_LIMIT:
-        raise Defer(f"the batch of {count} recipients in flight when an earlier attempt ended is {verdict.why};"
+        raise Defer(f"the batch of {plural(count, 'recipient')} in flight when an earlier attempt ended is {verdict.why};"
                     " waiting for Postfix to pick it up")
     else:
         progress.abandon_batch()
-        _note(queue_id, f"the batch of {count} recipients in flight when an earlier attempt ended is sent again:"
+        _note(queue_id, f"the batch of {plural(count, 'recipient')} in flight when an earlier attempt ended is sent again:"
                         f" {verdict.why}")
     return verdict
 
@@ -150,7 +145,7 @@ def look(flight: dict, recorded: list[int], *, message_id: str, sender: str, pos
     if len(attempts) > len(recorded):
         qid = next(qid for qid, n in attempts if n is None)
         return Verdict(pending=True, queue_id=qid, why=f"in Postfix's log as {qid}, not yet queued")
-    return Verdict(absent=True, why=f"Postfix's log shows {len(confirmed)} submission(s) of it, all recorded")
+    return Verdict(absent=True, why=f"Postfix's log shows {plural(len(confirmed), 'submission')} of it, all recorded")
 
 
 def in_maildrop(postqueue: str | None, sender: str, recipients: list[str]) -> str:
@@ -216,39 +211,11 @@ def log_files(position: dict | None) -> tuple[list[tuple[Path, int]], str]:
 
 
 def submissions(files: list[tuple[Path, int]], *, message_id: str, sender: str, uid: int) -> list:
-    """``(queue id, nrcpt or None)`` of every submission of the post by this user from ``sender``,
-    in log order; nrcpt is None until qmgr has logged the message as queued.
+    """``(queue id, nrcpt or None)`` of every submission of the post by this user from ``sender``
+    in ``files``, in log order (:func:`listfilter.common.reinjection.submissions`)."""
+    from ..common.reinjection import submissions as matching
 
-    Only lines that name the Message-ID or the sender, and qmgr's lines of
-    the queue ids found so far, are parsed: the log of a busy host is mostly
-    other mail.
-    """
-    want_id = "".join(message_id.split()).encode("utf-8", "surrogateescape")
-    senders = {sender.encode("utf-8", "surrogateescape"), sender.lower().encode("utf-8", "surrogateescape")}
-    ours: dict[bytes, bool] = {}  # queue id -> submitted by this uid from the -bounces address
-    with_id: set[bytes] = set()
-    nrcpt: dict[bytes, int] = {}
-    line_re, pickup_re, qmgr_re = re.compile(LINE), re.compile(PICKUP), re.compile(QMGR)
-    for line in lines(files):
-        if not (want_id in line or any(s in line for s in senders)
-                or (with_id and b"nrcpt=" in line and any(q + b": " in line for q in with_id))):
-            continue
-        m = line_re.search(line)
-        if not m:
-            continue
-        daemon, qid, text = m.groups()
-        if daemon == b"pickup":
-            p = pickup_re.match(text)
-            if p and int(p.group(1)) == uid and p.group(2).lower() in senders:
-                ours[qid] = True
-        elif daemon == b"cleanup":
-            if text.startswith(b"message-id=") and b"".join(text[11:].split()) == want_id:
-                with_id.add(qid)
-        else:
-            q = qmgr_re.match(text)
-            if q:
-                nrcpt.setdefault(qid, int(q.group(2)))
-    return [(qid.decode("ascii"), nrcpt.get(qid)) for qid in ours if qid in with_id]
+    return matching(lines(files), message_id=message_id, sender=sender, uid=uid)
 
 
 def lines(files: list[tuple[Path, int]]):

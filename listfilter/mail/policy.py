@@ -1,14 +1,20 @@
 """Postfix policy service: refuse unauthorised posters at RCPT time.
 
 ``listfilter-policy --snapshot PATH`` speaks Postfix's policy delegation
-protocol (SMTPD_POLICY_README) on stdin/stdout. spawn(8) starts it per SMTP client
-connection and it answers requests until Postfix closes the stream. Postfix's
-smtpd calls it through ``check_policy_service`` in
-``smtpd_recipient_restrictions``.
+protocol (SMTPD_POLICY_README) on stdin/stdout. Postfix's smtpd calls it
+through ``check_policy_service`` in ``smtpd_recipient_restrictions``; spawn(8)
+starts one process per smtpd connection to the service, and smtpd keeps that
+connection across the SMTP sessions it serves one after another, until it has
+been idle for ``smtpd_policy_service_max_idle`` (300 s) or open for
+``smtpd_policy_service_max_ttl`` (1000 s), or smtpd exits. So one process
+answers many sessions (tests/integration/test_policy_service.py counts them),
+re-opening the snapshot when sync replaces it, until Postfix closes the stream.
 
 For RCPT to a list address, an envelope sender that may not post gets
 ``action=550 5.7.1 …`` naming the list and who may post (and so does the
-null sender); everything else gets ``action=DUNNO``. The sender's own MTA
+null sender); everything else gets ``action=DUNNO``. Each refusal is one
+``rejected`` event: the list, the envelope sender, the SMTP client's address
+and HELO name, and the reason (no message was received, so nothing else). The sender's own MTA
 tells the sender why, and listfilter has sent nothing: no backscatter. If the
 snapshot cannot be read the answer is DUNNO: the after-queue check in
 ``deliver`` still enforces the rule.
@@ -32,7 +38,7 @@ from .command import help_requested, parse, print_help, usage
 
 DUNNO = "DUNNO"
 OPTIONS = {"snapshot": DEFAULT_SNAPSHOT}
-HELP = """Answer Postfix policy requests on stdin/stdout (run by spawn(8), one process per SMTP connection).
+HELP = """Answer Postfix policy requests on stdin/stdout (run by spawn(8), one process per smtpd process).
 
   --snapshot PATH   the compiled snapshot (default /var/lib/listfilter/snapshot.sqlite)
 """
@@ -76,15 +82,15 @@ def decide(request: dict[str, str], get_list, may_post) -> tuple[str, Event | No
         reason = f"<{sender}> may not post to <{row.address}>; only {row.posters_rule} may"
     event = Event(id=random_id(), status="rejected", list_address=row.address, created_at=now_utc(),
                   rule="policy", list_display_name=row.display_name, sender_email=sender, envelope_sender=sender,
-                  client_address=request.get("client_address", ""), queue_id=request.get("queue_id", ""),
-                  error_message=reason)
+                  client_address=request.get("client_address", ""), helo_name=request.get("helo_name", ""),
+                  queue_id=request.get("queue_id", ""), error_message=reason)
     # An explicit 550 rather than REJECT, whose code (access_map_reject_code)
     # defaults to 554: "mailbox unavailable / not allowed" is what this is.
     return f"550 5.7.1 {reason}", event
 
 
 class Service:
-    """One policy connection: answers requests, re-opening the snapshot when sync replaces it."""
+    """One policy connection (many SMTP sessions): answers requests, re-opening the snapshot when sync replaces it."""
 
     def __init__(self, snapshot_path: str):
         self.path = snapshot_path

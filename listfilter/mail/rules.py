@@ -2,7 +2,8 @@
 
 Each rule is a small pure function over the :class:`Post` (the facts the
 runner gathered once: the parsed headers, the list's snapshot row, whether the
-poster may post, whether this message was already delivered) and returns a
+poster may post, whether this message was already delivered, whose
+Authentication-Results count and where the post came from) and returns a
 :class:`Decision`, or None to pass the post on to the next rule. :data:`CHAIN`
 is the order; the first decision wins, and a post that no rule stops is
 accepted. The runner (:mod:`listfilter.mail.deliver`) does all the I/O
@@ -11,7 +12,9 @@ before and after; the log line and the event name the rule that decided.
 Who receives an accepted post is :func:`recipients`: the members, minus the
 poster (unless the list says otherwise), minus the list's own addresses (a
 list never mails itself), minus the addresses the snapshot says are
-suppressed (bounce scoring, on the sync side).
+suppressed (bounce scoring, on the sync side). When that leaves nobody,
+:func:`nobody_reason` says why. Whether an accepted post's From is rewritten
+for DMARC is :func:`dmarc_mitigation`, decided on the original From.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 from ..common.addresses import is_own_address, service_addresses
+from ..common.snapshot import DMARC_FAILED, DMARC_GRACE, DMARC_STRICT, LOCAL_SUBMISSION, dmarc_always_match
 from .headers import is_loop
 
 #: What a rule decided: the rule's name, the action ("discard", "refuse" or
@@ -27,8 +31,12 @@ Decision = namedtuple("Decision", "rule action reason")
 
 #: The facts about one post that the rules decide on. ``from_problem`` says why
 #: the From header names nobody for sure (``from_address`` is then None).
-Post = namedtuple("Post", "headers list_row from_address may_post delivered_recently message_id from_problem",
-                  defaults=("",))
+#: ``authserv_id`` is this host's (snapshot setting), ``trusted`` the site's
+#: ``authenticated_trusted`` (:class:`listfilter.common.snapshot.Trusted` entries),
+#: ``client_address`` the SMTP client Postfix received the post from ("" for sendmail).
+Post = namedtuple("Post", "headers list_row from_address may_post delivered_recently message_id from_problem"
+                          " authserv_id trusted client_address",
+                  defaults=("", "", (), ""))
 
 ACCEPT = "accept"
 DISCARD = "discard"
@@ -60,11 +68,75 @@ def poster(post: Post) -> Decision | None:
     return None
 
 
+def authenticated(post: Post) -> Decision | None:
+    """The From domain passed DMARC at this host (its own Authentication-Results), or is trusted.
+
+    Only for lists with ``require_authenticated``: anyone can write the
+    instructor's address in From, and the poster rule believes From. OpenDKIM
+    and OpenDMARC, milters on Postfix's SMTP path, prepend their verdict under
+    this host's authserv-id; :func:`listfilter.mail.authres.dmarc_result`
+    reads the topmost one of ours and no one else's (RFC 8601 §5).
+    """
+    if not post.list_row.require_authenticated or not post.from_address:
+        return None
+    from .authres import dmarc_result, normal_domain
+
+    domain = normal_domain(post.from_address.rpartition("@")[2])
+    if is_trusted(post.trusted, domain, post.client_address):
+        return None
+    found = dmarc_result(post.headers.raw_all("Authentication-Results"), post.authserv_id, domain)
+    if found.result == "pass":
+        return None
+    return Decision("authenticated", REFUSE, authentication_reason(found, domain, post.authserv_id))
+
+
+def is_trusted(trusted, domain: str, client_address: str) -> bool:
+    """Is a From ``domain`` believed without a DMARC pass, for mail from ``client_address``?"""
+    for entry in trusted:
+        if domain not in entry.domains:
+            continue
+        if not entry.networks:
+            return True
+        if not client_address:  # submitted on this host with sendmail
+            if LOCAL_SUBMISSION in entry.networks:
+                return True
+            continue
+        import ipaddress
+
+        try:
+            client = ipaddress.ip_address(client_address)
+        except ValueError:
+            continue
+        if any(n != LOCAL_SUBMISSION and client in ipaddress.ip_network(n) for n in entry.networks):
+            return True
+    return False
+
+
+#: What a DMARC result other than pass means for the poster, in the refusal's words.
+_DMARC_MEANS = {
+    "fail": "it has no valid DKIM signature of {d}, and it was not sent from a server that {d}'s SPF record names",
+    "none": "{d} publishes no DMARC record, so nothing can show the message is from {d}",
+    "temperror": "the check could not be completed (a DNS failure); send the message again later",
+    "permerror": "{d}'s DMARC record cannot be read",
+}
+
+
+def authentication_reason(found, domain: str, authserv_id: str) -> str:
+    """Why :func:`authenticated` refused: what failed, for the notice and the log."""
+    if found.problem:
+        return f"{found.problem}: nothing shows that the message comes from {domain}"
+    if not found.result:
+        return f"the DMARC result from {authserv_id} is for {found.other_domain}, not for {domain}"
+    means = _DMARC_MEANS.get(found.result, "the message cannot be shown to come from {d}").format(d=domain)
+    return f"dmarc={found.result} for {domain} ({authserv_id}): {means}"
+
+
 #: The chain: (rule, what it checks), in order.
 CHAIN = (
     (loop, "mail loop: the post already went through this list"),
     (duplicate, "duplicate: this Message-ID was delivered to this list recently"),
     (poster, "posting rights: the From address may post to this list"),
+    (authenticated, "authenticity: the From domain passed DMARC at this host, or is trusted"),
 )
 
 
@@ -77,6 +149,37 @@ def decide(post: Post, chain=CHAIN) -> tuple[Decision, list[tuple[str, Decision 
         if decision is not None:
             return decision, trail
     return Decision("accept", ACCEPT, "no rule stopped it"), trail
+
+
+#: What an accepted post gets so that receivers do not refuse it for DMARC: the list's
+#: ``dmarc`` mode (``munge`` or ``wrap``, :mod:`listfilter.mail.headers`) and why, in words.
+Mitigation = namedtuple("Mitigation", "mode reason")
+
+
+def dmarc_mitigation(list_row, from_address: str | None, entry, now: float) -> Mitigation | None:
+    """Whether a post From ``from_address`` needs the list's DMARC mitigation, decided on the
+    original From after the chain accepted it (the rewrite never decides posting rights).
+
+    ``entry`` is the From domain's row of the snapshot's dmarc table (None: sync did not look
+    it up), ``now`` Unix time. Every doubt applies it: a domain missing from the snapshot, a
+    failed lookup, an entry :data:`~listfilter.common.snapshot.DMARC_GRACE` past its expiry.
+    """
+    if list_row.dmarc == "off" or not from_address:
+        return None
+    mode = list_row.dmarc
+    domain = from_address.rpartition("@")[2].lower()
+    always = dmarc_always_match(list_row.dmarc_always, from_address)
+    if always:
+        return Mitigation(mode, f"dmarc_always lists {always}")
+    if entry is None:
+        return Mitigation(mode, f"no DMARC policy for {domain} in the snapshot")
+    if entry.status == DMARC_FAILED:
+        return Mitigation(mode, f"the DMARC lookup for {domain} failed")
+    if now > entry.expires_at + DMARC_GRACE:
+        return Mitigation(mode, f"the DMARC policy of {domain} expired (is sync running?)")
+    if entry.policy in DMARC_STRICT:
+        return Mitigation(mode, f"{domain} has DMARC policy p={entry.policy}")
+    return None
 
 
 def recipients(members: list[str], *, poster: str | None, exclude_poster: bool, list_address: str,
@@ -102,6 +205,30 @@ def recipients(members: list[str], *, poster: str | None, exclude_poster: bool, 
     return out
 
 
+def nobody_reason(members: list[str], *, poster: str | None, exclude_poster: bool, list_address: str,
+                  suppressed: frozenset[str] = frozenset()) -> str:
+    """Why :func:`recipients`, given the same arguments, left nobody to send to: the words that
+    the log line, the mail log and the admin page give for an accepted post that reached no one."""
+    if not members:
+        return "the list has no members"
+    keys = {m.lower() for m in members}
+    own = poster.lower() if exclude_poster and poster else None
+    if keys == {own}:
+        return "the poster is the list's only member, and the list sends posters no copy (exclude_poster = true)"
+    suppressed_n = len(keys & set(suppressed) - {own})
+    if suppressed_n == len(keys):
+        return ("the list's only member is" if suppressed_n == 1 else f"all {suppressed_n} members are") + \
+            " suppressed after bounces"
+    parts = []
+    if own in keys:
+        parts.append("the poster (exclude_poster = true)")
+    if suppressed_n:
+        parts.append(f"{suppressed_n} suppressed after bounces")
+    if (rest := len(keys) - (own in keys) - suppressed_n) > 0:
+        parts.append(f"{rest} of the list's own addresses")
+    return f"every member is left out: {', '.join(parts)}"
+
+
 def batches(addresses: list[str], max_count: int = 5000, max_bytes: int = 1 << 20) -> list[list[str]]:
     """Split recipients into sendmail command lines: at most ``max_count``
     addresses and ``max_bytes`` of arguments each (ARG_MAX is 2 MiB)."""
@@ -118,3 +245,4 @@ def batches(addresses: list[str], max_count: int = 5000, max_bytes: int = 1 << 2
     if current:
         out.append(current)
     return out
+

@@ -1,4 +1,9 @@
-"""The list subject: ``[Tag] YYYY-MM-DD: Title Case Subject``. Pure, standard library only."""
+"""The list subject: ``[Tag] YYYY-MM-DD: Title Case Subject``. Pure, standard library only.
+
+The text is put in Title Case unless the list sets ``title_case_subject =
+false`` (docs/config.md, "The Subject", describes the rules of
+:func:`title_case` as they are here: keep the two in step).
+"""
 
 from __future__ import annotations
 
@@ -78,8 +83,9 @@ def _tag_pattern(tag: str) -> re.Pattern[str]:
                       re.IGNORECASE)
 
 
-def new_subject(old: str | None, tag: str, day: datetime.date) -> str:
-    """``[Tag] YYYY-MM-DD: Title Case Subject``.
+def new_subject(old: str | None, tag: str, day: datetime.date, *, title: bool = True) -> str:
+    """``[Tag] YYYY-MM-DD: Title Case Subject`` (with ``title`` false, the
+    subject's text as the poster wrote it, whitespace collapsed).
 
     A leading run of reply/forward prefixes (Re:, RE:, AW:, Fwd:, FW:, Re[2]:
     ...) mixed with this list's ``[Tag]`` (and the date that follows it)
@@ -109,4 +115,8 @@ def new_subject(old: str | None, tag: str, day: datetime.date) -> str:
     if not text and not (reply or forward):
         return f"{head} (no subject)"
     prefix = "Re: " if reply else "Fwd: " if forward else ""
-    return f"{head} {prefix}{title_case(text) if text else '(no subject)'}"
+    if not text:
+        text = "(no subject)"
+    elif title:
+        text = title_case(text)
+    return f"{head} {prefix}{text}"

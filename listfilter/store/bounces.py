@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common import events as EV
+from ..common.words import plural
 from ..common.spool import BOUNCES, CLAIMED, pending_bounces
 from ..common.spool import waiting as waiting_records
 from .database import Store, StoreError, _first_line, open_store
@@ -308,7 +309,7 @@ def count(store: Store, record: EV.BounceRecord, now: dt.datetime | None = None,
         newly = []
         if became:
             new = dataclasses.replace(new, suppressed_at=now, reason=(
-                f"{new.score} bounces, the last on {day.isoformat()} from {record.list_address.lower()}"))
+                f"{plural(new.score, 'bounce')}, the last on {day.isoformat()} from {record.list_address.lower()}"))
             _owe_notice(store, new, record.list_address.lower(), now)
             newly.append(new)
         _save(store, new, now)
@@ -507,6 +508,39 @@ def notices(store: Store) -> list[Notice]:
     return [_notice_row(store, r) for r in store._q(f"SELECT {_NOTICE_COLUMNS} FROM bounce_notices ORDER BY id")]
 
 
+@dataclass(frozen=True)
+class Record:
+    """One row of ``bounce_records``: a bounce report as sync read it, and whether it counted."""
+
+    id: str
+    list_address: str
+    received_at: dt.datetime | None
+    member: str  # from the VERP address; "" when the report came back to the bare -bounces address
+    addresses: tuple[str, ...]  # what the report said failed permanently
+    message_id: str  # the post it matched, if any
+    counted: bool
+    reason: str  # why it did not count ("" when it did)
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "list": self.list_address,
+                "received_at": self.received_at.isoformat() if self.received_at else None,
+                "member": self.member, "addresses": list(self.addresses), "message_id": self.message_id,
+                "counted": self.counted, "reason": self.reason}
+
+
+def records(store: Store, *, days: int = STALE_AFTER_DAYS, not_counted: bool = False,
+            limit: int = 200) -> list[Record]:
+    """The bounce reports sync read in the last ``days`` days, newest first: counted or not, with the reason."""
+    since = dt.datetime.now(_UTC) - dt.timedelta(days=days)
+    where = "received_at >= ?" + (" AND counted = ?" if not_counted else "")
+    params = (store._ts(since),) + ((store._bool(False),) if not_counted else ())
+    rows = store._q("SELECT id, list_address, received_at, member, addresses, message_id, counted, reason"
+                    f" FROM bounce_records WHERE {where} ORDER BY received_at DESC, id LIMIT {int(limit)}", params)
+    return [Record(id=r[0], list_address=r[1], received_at=_time_of(store, r[2]), member=r[3] or "",
+                   addresses=_list_of(r[4]), message_id=r[5] or "", counted=bool(r[6]), reason=r[7] or "")
+            for r in rows]
+
+
 # --------------------------------------------------------------------------
 # Owner notices
 
@@ -556,6 +590,7 @@ def send_owed(store: Store, lists, sendmail: str, installed: set[str] | frozense
     when sendmail succeeded (a failed one stays owed for the next sync).
     """
     from ..common.sendmail import SendError, submit
+    from ..common.staging import redirect_header, redirected
 
     now = now or dt.datetime.now(_UTC)
     by_address = {l.address: l for l in lists}
@@ -578,9 +613,12 @@ def send_owed(store: Store, lists, sendmail: str, installed: set[str] | frozense
                                (why, n.id))
                 out.dropped.append((n, why))
                 continue
+            owners, message = list(lst.owners), notice_message(n, lst, now).as_bytes()
+            staging = getattr(lst, "redirect_to", None)  # the staging valve: only there, naming the owners
+            if staging:
+                message = redirect_header(owners) + message
             try:
-                submit(sendmail, "", list(lst.owners), notice_message(n, lst, now).as_bytes(),
-                       timeout=SEND_TIMEOUT)
+                submit(sendmail, "", redirected(owners, staging), message, timeout=SEND_TIMEOUT)
             except (SendError, OSError) as exc:
                 why = str(exc) if isinstance(exc, SendError) else f"{sendmail}: {exc.strerror or exc}"
                 store._execute("UPDATE bounce_notices SET attempts = attempts + 1, last_error = ? WHERE id = ?",
@@ -604,6 +642,7 @@ class BounceSync:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     store_ok: bool = True  # False: the store could not be used (and the warning says why)
+    store_error: str = ""  # why the store could not be used, if that was the cause (the warning says it once)
 
 
 def installed_suppressed(config) -> dict[str, str]:
@@ -648,7 +687,7 @@ def _ingest_events_first(store: Store, spool: Path, out: "BounceSync") -> None:
 
     result = ingest(store, spool)
     if result.ingested:
-        out.notes.append(f"mail log: {result.ingested} event(s) logged (before scoring bounces)")
+        out.notes.append(f"mail log: {plural(result.ingested, 'event')} logged (before scoring bounces)")
     for name, reason in result.bad:
         out.warnings.append(f"spool event {name} is malformed, moved to {spool / EVENTS / BAD}: {reason}")
 
@@ -679,22 +718,28 @@ def before_sync(config, *, ingest: bool = True, lists=None) -> BounceSync:
             current = suppressed(store)
     except (StoreError, OSError) as exc:
         kept = installed_suppressed(config)
-        why = str(exc) if isinstance(exc, StoreError) else f"spool {spool / BOUNCES}: {exc.strerror}"
         count_waiting = len(waiting(spool))
-        more = f"; {count_waiting} bounce record(s) wait in {spool / BOUNCES}" if count_waiting else ""
-        return BounceSync(kept, warnings=[f"bounces not scored: {why}{more};"
-                                          f" keeping the installed snapshot's {len(kept)} suppressed address(es)"],
+        more = f"; {plural(count_waiting, 'bounce record')} waiting in {spool / BOUNCES}" if count_waiting else ""
+        keeping = f"; keeping the installed snapshot's {plural(len(kept), 'suppressed address')}"
+        if isinstance(exc, StoreError):  # one line for both: the mail log's ingest does not try the store again
+            from .ingest import pending_events
+
+            events = len(pending_events(spool))
+            more += f"; {plural(events, 'event')} waiting in {spool / 'events'}" if events else ""
+            return BounceSync(kept, warnings=[f"mail log not updated and bounces not scored: {exc}{more}{keeping}"],
+                              store_ok=False, store_error=str(exc))
+        return BounceSync(kept, warnings=[f"bounces not scored: spool {spool / BOUNCES}: {exc.strerror}{more}{keeping}"],
                           store_ok=False)
     out.suppressed = current
     for name, reason in result.bad:
         out.warnings.append(f"spool bounce record {name} is malformed, moved to {spool / BOUNCES / 'bad'}: {reason}")
     if result.ingested:
-        out.notes.append(f"bounces: {result.ingested} record(s) scored")
+        out.notes.append(f"bounces: {plural(result.ingested, 'record')} scored")
     for record, reason in result.not_counted[:NOT_COUNTED_SHOWN]:
         who = record.member or ", ".join(record.permanent) or "nobody"
         out.notes.append(f"bounces: not counted for {who} on {record.list_address} ({record.id}): {reason}")
     if len(result.not_counted) > NOT_COUNTED_SHOWN:
-        out.notes.append(f"bounces: {len(result.not_counted) - NOT_COUNTED_SHOWN} more record(s) not counted"
+        out.notes.append(f"bounces: {plural(len(result.not_counted) - NOT_COUNTED_SHOWN, 'more record')} not counted"
                          " (their reasons are in bounce_records)")
     for s in result.newly_suppressed:
         out.notes.append(f"bounces: {s.address} suppressed ({s.reason}); the owners will be told")

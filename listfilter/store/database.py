@@ -5,7 +5,8 @@ connection to the store named by ``[store]`` (an SQLite file in the state
 directory by default, or a PostgreSQL DSN), with the versioned migrations of
 :mod:`listfilter.store.migrations` and the queries the CLI and the web pages
 use. Every SQL statement is parameterised. Moving the spool's records in is
-:mod:`listfilter.store.ingest`; bounce scores are :mod:`listfilter.store.bounces`.
+:mod:`listfilter.store.ingest`; bounce scores are :mod:`listfilter.store.bounces`;
+each member's outcome, from Postfix's log, is :mod:`listfilter.store.deliveries`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..common.errors import ListfilterError
-from ..common.events import Event
+from ..common.events import TEMPORARY, Event
 from ..common.paths import SERVICE_USER
 from ..sync.config import StoreSettings
 from . import migrations as MG
@@ -55,6 +56,7 @@ class Entry:
     sender_name: str = ""
     envelope_sender: str = ""
     client_address: str = ""
+    helo_name: str = ""
     rule: str = ""
     subject: str = ""
     recipient_count: int = 0
@@ -70,10 +72,28 @@ class Entry:
         out["created_at"] = self.created_at.isoformat()
         return out
 
+    @property
+    def refused_at_rcpt(self) -> bool:
+        """A refusal by the policy service: no message was received, so no subject or body."""
+        return self.status == "rejected"
+
+    @property
+    def headline(self) -> str:
+        """The row in one line where a subject goes: the subject, or for a refusal at RCPT
+        time what is known instead (the envelope sender, the SMTP client, its HELO name)."""
+        if self.refused_at_rcpt:
+            parts = [f"refused at RCPT: MAIL FROM <{oneline(self.envelope_sender)}>"]
+            if self.client_address:
+                parts.append(f"client {oneline(self.client_address)}")
+            if self.helo_name:
+                parts.append(f"HELO {oneline(self.helo_name)}")
+            return ", ".join(parts)
+        return oneline(self.subject) or "(no subject)"
+
 
 _COLUMNS = ("id", "status", "list_address", "list_display_name", "sender_email", "sender_name", "envelope_sender",
-            "client_address", "rule", "subject", "recipient_count", "recipients", "error_message", "message_id",
-            "queue_id", "body", "body_truncated", "created_at")
+            "client_address", "helo_name", "rule", "subject", "recipient_count", "recipients", "error_message",
+            "message_id", "queue_id", "body", "body_truncated", "created_at")
 
 
 def entry_of(event: Event, *, store_bodies: bool = True, body_max_bytes: int = 64 * 1024) -> Entry:
@@ -237,9 +257,15 @@ class Store:
         cols = self._UPSERT_COLUMNS
         values = ", ".join(self._placeholder(c) for c in cols)
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "id")
-        # the newest record of a (message, list) wins, whatever the order they are ingested in
+        # Which record of a (message, list) the row keeps, whatever the order they are
+        # ingested in: an outcome over a deferral (Postfix retried and it went out; or a
+        # second copy deferred after the first was delivered, which must not hide that
+        # delivery); between two outcomes or two deferrals, the newest.
+        temporary = ", ".join(f"'{s}'" for s in TEMPORARY)
+        new_temp, old_temp = f"excluded.status IN ({temporary})", f"mail_logs.status IN ({temporary})"
         return (f"INSERT INTO mail_logs ({', '.join(cols)}) VALUES ({values})"
-                f" ON CONFLICT (id) DO UPDATE SET {updates} WHERE excluded.created_at >= mail_logs.created_at")
+                f" ON CONFLICT (id) DO UPDATE SET {updates} WHERE CASE WHEN ({new_temp}) = ({old_temp})"
+                f" THEN excluded.created_at >= mail_logs.created_at ELSE {old_temp} END")
 
     def _placeholder(self, column: str) -> str:
         return "?"
@@ -253,7 +279,11 @@ class Store:
         return value
 
     def upsert(self, entries: list[Entry]) -> None:
-        """Insert or update rows, in one transaction (the caller's, if one is open)."""
+        """Insert or update rows, in one transaction (the caller's, if one is open).
+
+        Of two records of one (message, list), the row keeps the outcome over a
+        deferral (``events.TEMPORARY``) and otherwise the newer one (:meth:`_upsert_sql`).
+        """
         if not entries:
             return
         now = dt.datetime.now(_UTC)
@@ -266,6 +296,9 @@ class Store:
         deleted = cleared = 0
         with self.transaction():
             if retention_days:
+                from .deliveries import purge as purge_outcomes  # the members' outcomes go with their post
+
+                purge_outcomes(self, now - dt.timedelta(days=retention_days))
                 deleted = self._execute("DELETE FROM mail_logs WHERE created_at < ?",
                                         (self._ts(now - dt.timedelta(days=retention_days)),)).rowcount
             if body_retention_days:
@@ -276,8 +309,14 @@ class Store:
     # -- reading
 
     def _where(self, status: Iterable[str] | None, lists: Iterable[str] | None,
-               since: dt.datetime | None) -> tuple[str, list[Any]]:
+               since: dt.datetime | None, members: Iterable[str] | None = None) -> tuple[str, list[Any]]:
+        """``members``: only posts with a member whose outcome is one of these (``deliveries``)."""
         clauses, params = [], []
+        members = [m for m in (members or ()) if m]
+        if members:
+            clauses.append("id IN (SELECT event_id FROM deliveries WHERE status IN"
+                           f" ({', '.join('?' for _ in members)}))")
+            params.extend(members)
         status = [s for s in (status or ()) if s]
         if status:
             clauses.append(f"status IN ({', '.join(self._placeholder('status') for _ in status)})")
@@ -291,14 +330,14 @@ class Store:
             params.append(self._ts(since))
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
-    def count(self, *, status=None, lists=None, since=None) -> int:
-        where, params = self._where(status, lists, since)
+    def count(self, *, status=None, lists=None, since=None, members=None) -> int:
+        where, params = self._where(status, lists, since, members)
         return self._q(f"SELECT count(*) FROM mail_logs{where}", params)[0][0]
 
-    def entries(self, *, status=None, lists=None, since=None, limit: int = 50, offset: int = 0,
+    def entries(self, *, status=None, lists=None, since=None, members=None, limit: int = 50, offset: int = 0,
                 body_chars: int | None = None) -> list[Entry]:
         """Rows newest first; ``body_chars`` caps the body text fetched (None: all of it)."""
-        where, params = self._where(status, lists, since)
+        where, params = self._where(status, lists, since, members)
         body = "body" if body_chars is None else f"substr(body, 1, {int(body_chars)})"
         rows = self._q(f"SELECT {self._select_columns(body)} FROM mail_logs{where}"
                        " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?", [*params, int(limit), int(offset)])
@@ -326,7 +365,7 @@ class Store:
         d["created_at"] = self._from_ts(d["created_at"])
         d["body_truncated"] = bool(d["body_truncated"])
         for k in ("sender_email", "subject", "error_message", "message_id", "list_display_name", "sender_name",
-                  "envelope_sender", "queue_id", "client_address", "rule"):
+                  "envelope_sender", "queue_id", "client_address", "helo_name", "rule"):
             d[k] = d[k] or ""
         return Entry(**d)
 

@@ -2,9 +2,11 @@
 
 :func:`ingest` moves the event records (``<spool>/events/<id>.json``) into
 ``mail_logs``, idempotently. The event id is stable per (message, list), so a
-retry's newer record updates the same row; the newest ``created_at`` wins,
-whatever the order of ingest. :func:`after_sync` is what ``listfilter sync``
-does with the store once the snapshot and the maps are installed.
+retry's record updates the same row: an outcome wins over a deferral, and
+otherwise the newest ``created_at``, whatever the order of ingest
+(:meth:`listfilter.store.database.Store.upsert`). :func:`after_sync` is what ``listfilter sync``
+does with the store once the snapshot and the maps are installed: this ingest,
+retention, then the new part of Postfix's log (:mod:`listfilter.sync.follow`).
 
 How ingest keeps "nothing lost, nothing blocked":
 
@@ -35,6 +37,7 @@ from pathlib import Path
 
 from ..common import events as EV
 from ..common.spool import BAD, CLAIMED, EVENTS, pending_events
+from ..common.words import plural
 from ..sync.config import Config, StoreSettings
 from .database import Entry, Store, StoreError, _first_line, _give, _owner_of, entry_of, open_store
 
@@ -185,8 +188,12 @@ def _set_aside(events: Path, path: Path, reason: str, result: IngestResult) -> N
 # After a sync
 
 
-def after_sync(config: Config, rows=None) -> tuple[list[str], list[str]]:
-    """Ingest the spool and apply retention; the web roles file too. Returns (notes, warnings).
+def after_sync(config: Config, rows=None, *, store_error: str = "") -> tuple[list[str], list[str]]:
+    """Ingest the spool, apply retention and follow Postfix's log; the web roles file too. Returns (notes, warnings).
+
+    ``store_error``: this sync already found the store unusable and said so
+    (scoring bounces, :func:`listfilter.store.bounces.before_sync`); the
+    store is not tried again, so the operator reads one line, not two.
 
     Runs after the snapshot and maps are installed, and never raises for a
     store problem: mail keeps flowing without the store, and the events wait
@@ -203,16 +210,17 @@ def after_sync(config: Config, rows=None) -> tuple[list[str], list[str]]:
         except OSError as exc:
             warnings.append(f"web: cannot write {config.web.roles_file}: {exc.strerror}")
     settings = config.store
-    if not in_use(config):
-        return notes, warnings  # no store wanted and nothing to put in one: nothing to say
+    if not in_use(config) or store_error:
+        return notes, warnings  # no store wanted and nothing to put in one, or already reported: nothing to say
     waiting = pending_events(config.site.spool_dir)
     try:
         with open_store(settings) as store:
             store.require_current()
             result = ingest(store, config.site.spool_dir)
             deleted, cleared = store.purge(settings.retention_days, settings.body_retention_days)
+            followed = _follow(config, store, notes, warnings)
     except StoreError as exc:
-        more = f"; {len(waiting)} event(s) wait in {config.site.spool_dir / EVENTS}" if waiting else ""
+        more = f"; {plural(len(waiting), 'event')} waiting in {config.site.spool_dir / EVENTS}" if waiting else ""
         warnings.append(f"mail log not updated: {exc}{more}")
         return notes, warnings
     except OSError as exc:
@@ -222,13 +230,47 @@ def after_sync(config: Config, rows=None) -> tuple[list[str], list[str]]:
         warnings.append(f"spool event {name} is malformed, moved to {config.site.spool_dir / EVENTS / BAD}: {reason}")
     parts = []
     if result.ingested:
-        parts.append(f"{result.ingested} event(s) logged")
+        parts.append(f"{plural(result.ingested, 'event')} logged")
     if deleted:
-        parts.append(f"{deleted} row(s) older than {settings.retention_days} days purged")
+        parts.append(f"{plural(deleted, 'row')} older than {plural(settings.retention_days, 'day')} purged")
     if cleared:
-        parts.append(f"{cleared} bodies older than {settings.body_retention_days} days cleared")
+        parts.append(f"{plural(cleared, 'body')} older than {plural(settings.body_retention_days, 'day')} cleared")
     if parts:
         notes.append("mail log: " + ", ".join(parts))
+    if followed:
+        notes.append(followed)
     return notes, warnings
+
+
+def _follow(config: Config, store: Store, notes: list[str], warnings: list[str]) -> str:
+    """Read Postfix's log into the store (:mod:`listfilter.sync.follow`); its note, if any.
+
+    After the spool, so that the posts its copies belong to are in the store.
+    Never raises: a log that cannot be read only adds a warning.
+    """
+    from ..sync import follow as FO
+
+    where = f"postfix log {config.postfix.log_file}"
+    try:
+        result = FO.follow(config, store)
+    except (StoreError, FO.FollowError) as exc:
+        warnings.append(f"{where} not read: {exc}")
+        return ""
+    except OSError as exc:
+        warnings.append(f"{where} not read: {exc.filename or config.postfix.log_file}: {exc.strerror}"
+                        " (members' outcomes not recorded; docs/operations.md)")
+        return ""
+    except Exception as exc:  # the spool's events are in: say what failed, and only that
+        warnings.append(f"{where} not read: internal error ({type(exc).__name__}: {exc})")
+        return ""
+    if result.missing:  # not set up (or the journal only): `listfilter check` reports it as a problem
+        return ""
+    if result.busy:
+        return f"{where}: another log follower is running"
+    warnings.extend(f"{where}: {gap}" for gap in result.gaps)
+    if result.dropped:
+        warnings.append(f"{where}: {plural(result.dropped, 'reinjected copy', 'reinjected copies')} of posts"
+                        " not in the mail log, given up")
+    return result.note()
 
 

@@ -17,7 +17,11 @@ decided and the SMTP client of a refusal at RCPT time. Version 4 adds bounce
 scoring (:mod:`listfilter.store.bounces`): one score per address, the bounce
 records already counted, and the notices owed to list owners. Version 5
 records, for each bounce record, the member and the post it refers to,
-whether it counted, and why not.
+whether it counted, and why not. Version 6 adds the ``deferred`` status (a
+post ``deliver`` deferred itself) and the HELO name of a refusal at RCPT time.
+Version 7 adds what Postfix's log says happened after the hand-off
+(:mod:`listfilter.sync.follow`): ``reinjections``, the queue ids Postfix gave
+a post's reinjected copies, and ``deliveries``, each member's last outcome.
 
 Never edit a released migration: add a new one.
 """
@@ -30,6 +34,15 @@ from ..common.events import STATUSES
 
 #: The statuses of the seed's table (version 1); later ones come with their migration.
 SEED_STATUSES = ("delivered", "bounced", "rejected", "failed")
+#: The statuses as of version 3, and as of version 6.
+V3_STATUSES = SEED_STATUSES + ("discarded",)
+V6_STATUSES = V3_STATUSES + ("deferred",)
+assert V6_STATUSES == STATUSES, "a new status word needs a migration (and then this check names its list)"
+
+#: A member's outcome in ``deliveries`` (version 7), as Postfix's log says it: ``sent`` (the
+#: next hop accepted it), ``deferred`` (Postfix will retry), ``bounced`` (refused for good: a
+#: DSN went to the -bounces address), ``expired`` (still deferred when the queue lifetime ran out).
+DELIVERY_STATUSES = ("sent", "deferred", "bounced", "expired")
 
 #: The table that records which migrations a database has.
 TABLE = "listfilter_migrations"
@@ -46,7 +59,11 @@ class Migration:
         return self.sqlite if dialect == "sqlite" else self.postgresql
 
 
-_STATUS_LIST = ", ".join(f"'{s}'" for s in SEED_STATUSES)
+def _status_list(statuses: tuple[str, ...]) -> str:
+    return ", ".join(f"'{s}'" for s in statuses)
+
+
+_STATUS_LIST = _status_list(SEED_STATUSES)
 
 #: Columns of mail_logs at version 2, in order (version 3 copies them into the rebuilt SQLite table).
 _V2_COLUMNS = ("id, status, list_address, sender_email, subject, recipient_count, error_message, message_id,"
@@ -57,6 +74,8 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS mail_logs_status_idx ON mail_logs (status, created_at)",
     "CREATE INDEX IF NOT EXISTS mail_logs_list_idx ON mail_logs (list_address, created_at)",
 )
+#: Columns of mail_logs at version 5 (version 6 copies them into the rebuilt SQLite table).
+_V5_COLUMNS = _V2_COLUMNS + ", rule, client_address"
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -80,7 +99,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             EXCEPTION WHEN duplicate_object THEN NULL;
             END $$""",
             # a seed database may have the type with fewer values
-            *(f"ALTER TYPE mail_log_status ADD VALUE IF NOT EXISTS '{s}'" for s in STATUSES),
+            *(f"ALTER TYPE mail_log_status ADD VALUE IF NOT EXISTS '{s}'" for s in V3_STATUSES),
             """CREATE TABLE IF NOT EXISTS mail_logs (
                 id text PRIMARY KEY,
                 status mail_log_status NOT NULL,
@@ -125,7 +144,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=(
             f"""CREATE TABLE mail_logs_v3 (
                 id TEXT PRIMARY KEY,
-                status TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in STATUSES)})),
+                status TEXT NOT NULL CHECK (status IN ({_status_list(V3_STATUSES)})),
                 list_address TEXT NOT NULL,
                 sender_email TEXT,
                 subject TEXT,
@@ -250,6 +269,103 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE bounce_records ADD COLUMN IF NOT EXISTS reason text NOT NULL DEFAULT ''",
             "CREATE INDEX IF NOT EXISTS bounce_records_post_idx ON bounce_records (member, message_id)",
             "CREATE INDEX IF NOT EXISTS mail_logs_message_id_idx ON mail_logs (message_id)",
+        ),
+    ),
+    Migration(
+        6, "deferred status, the HELO name of a refusal at RCPT time",
+        # SQLite cannot change a CHECK constraint: the table is rebuilt, as in version 3.
+        sqlite=(
+            f"""CREATE TABLE mail_logs_v6 (
+                id TEXT PRIMARY KEY,
+                status TEXT NOT NULL CHECK (status IN ({_status_list(V6_STATUSES)})),
+                list_address TEXT NOT NULL,
+                sender_email TEXT,
+                subject TEXT,
+                recipient_count INTEGER NOT NULL DEFAULT 0,
+                error_message TEXT,
+                message_id TEXT,
+                created_at TEXT NOT NULL,
+                sender_name TEXT NOT NULL DEFAULT '',
+                list_display_name TEXT NOT NULL DEFAULT '',
+                envelope_sender TEXT NOT NULL DEFAULT '',
+                recipients TEXT NOT NULL DEFAULT '[]',
+                queue_id TEXT NOT NULL DEFAULT '',
+                body TEXT,
+                body_truncated INTEGER NOT NULL DEFAULT 0,
+                updated_at TEXT,
+                rule TEXT NOT NULL DEFAULT '',
+                client_address TEXT NOT NULL DEFAULT '',
+                helo_name TEXT NOT NULL DEFAULT ''
+            )""",
+            f"INSERT INTO mail_logs_v6 ({_V5_COLUMNS}) SELECT {_V5_COLUMNS} FROM mail_logs",
+            "DROP TABLE mail_logs",
+            "ALTER TABLE mail_logs_v6 RENAME TO mail_logs",
+            *_INDEXES,
+            "CREATE INDEX IF NOT EXISTS mail_logs_message_id_idx ON mail_logs (message_id)",
+        ),
+        postgresql=(
+            "ALTER TYPE mail_log_status ADD VALUE IF NOT EXISTS 'deferred'",
+            "ALTER TABLE mail_logs ADD COLUMN IF NOT EXISTS helo_name text NOT NULL DEFAULT ''",
+        ),
+    ),
+    Migration(
+        7, "reinjected queue ids, each member's delivery outcome from Postfix's log",
+        # One row per (event, member): a later log line for the same member updates it (a retry:
+        # deferred, then sent), so two followers (two hosts sharing a PostgreSQL store, or one
+        # log line read twice after a crash) never count a member twice. Queue ids are per host.
+        sqlite=(
+            """CREATE TABLE reinjections (
+                host TEXT NOT NULL,
+                queue_id TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                seen_at TEXT NOT NULL,
+                removed_at TEXT,
+                PRIMARY KEY (host, queue_id, event_id)
+            )""",
+            "CREATE INDEX reinjections_event_idx ON reinjections (event_id)",
+            f"""CREATE TABLE deliveries (
+                event_id TEXT NOT NULL,
+                recipient TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN ({_status_list(DELIVERY_STATUSES)})),
+                at TEXT NOT NULL,
+                first_at TEXT NOT NULL,
+                host TEXT NOT NULL DEFAULT '',
+                queue_id TEXT NOT NULL DEFAULT '',
+                relay TEXT NOT NULL DEFAULT '',
+                dsn TEXT NOT NULL DEFAULT '',
+                reply TEXT NOT NULL DEFAULT '',
+                delay TEXT NOT NULL DEFAULT '',
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (event_id, recipient)
+            )""",
+            "CREATE INDEX deliveries_status_idx ON deliveries (status, event_id)",
+        ),
+        postgresql=(
+            """CREATE TABLE IF NOT EXISTS reinjections (
+                host text NOT NULL,
+                queue_id text NOT NULL,
+                event_id text NOT NULL,
+                seen_at timestamp NOT NULL,
+                removed_at timestamp,
+                PRIMARY KEY (host, queue_id, event_id)
+            )""",
+            "CREATE INDEX IF NOT EXISTS reinjections_event_idx ON reinjections (event_id)",
+            f"""CREATE TABLE IF NOT EXISTS deliveries (
+                event_id text NOT NULL,
+                recipient text NOT NULL,
+                status text NOT NULL CHECK (status IN ({_status_list(DELIVERY_STATUSES)})),
+                at timestamp NOT NULL,
+                first_at timestamp NOT NULL,
+                host text NOT NULL DEFAULT '',
+                queue_id text NOT NULL DEFAULT '',
+                relay text NOT NULL DEFAULT '',
+                dsn text NOT NULL DEFAULT '',
+                reply text NOT NULL DEFAULT '',
+                delay text NOT NULL DEFAULT '',
+                updated_at timestamp NOT NULL,
+                PRIMARY KEY (event_id, recipient)
+            )""",
+            "CREATE INDEX IF NOT EXISTS deliveries_status_idx ON deliveries (status, event_id)",
         ),
     ),
 )

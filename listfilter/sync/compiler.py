@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ..common.snapshot import NOTICE_FIELDS, SETTINGS, CompiledList, notice_marker, summary_line
+from ..common.snapshot import NOTICE_FIELDS, SETTINGS, CompiledList, encode_trusted, notice_marker, summary_line
 from . import membership as MB
 from . import roster as R
 
@@ -60,10 +60,15 @@ def _compile(config, rows) -> list[CompiledList]:
                 display_name=lst.display_name,
                 description=lst.description,
                 subject_tag=lst.subject_tag,
+                title_case_subject=lst.title_case_subject,
                 reply_to=config.reply_to_address(lst, dname),
                 owners=lst.owners,
                 posters_rule=rule,
                 exclude_poster=lst.exclude_poster,
+                dmarc=lst.dmarc,
+                dmarc_always=lst.dmarc_always,
+                require_authenticated=lst.require_authenticated,
+                redirect_to=config.redirect_for(dname),
                 notice=notice,
                 notice_undated=undated,
                 members=members_t,
@@ -122,12 +127,20 @@ def site_settings(config) -> dict[str, str]:
         "spool_dir": str(site.spool_dir),
         "sendmail": site.sendmail,
         "notice_limit": str(site.notice_limit),
+        # for a retry after a kill: did Postfix already take the batch in flight? (mail/handoff.py)
+        "postfix_log": str(config.postfix.log_file),
+        "postqueue": str(config.postfix.postqueue),
+        # whose Authentication-Results a post's From rests on (mail/rules.py, authenticated); no DNS
+        # lookup for the host's name where no list needs it
+        "authserv_id": config.authserv_id if config.verify else "",
+        "authenticated_trusted": encode_trusted(site.authenticated_trusted),
     }
     assert tuple(values) == SETTINGS
     return values
 
 
-def digest(lists: list[CompiledList], settings: dict[str, str], suppressed: dict[str, str] | None = None) -> str:
+def digest(lists: list[CompiledList], settings: dict[str, str], suppressed: dict[str, str] | None = None,
+           dmarc: dict | None = None) -> str:
     """A content hash: equal digests mean an identical snapshot.
 
     The members and posters (nearly all of the bytes) are hashed as text
@@ -139,6 +152,7 @@ def digest(lists: list[CompiledList], settings: dict[str, str], suppressed: dict
     h = hashlib.sha256(FORMAT.encode())
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(json.dumps(sorted((suppressed or {}).items())).encode())
+    h.update(json.dumps(sorted(tuple(e) for e in (dmarc or {}).values()), ensure_ascii=False).encode())
     for lst in lists:
         fields = {k: v for k, v in lst._asdict().items() if k not in ("members", "posters")}
         h.update(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))

@@ -19,6 +19,7 @@ from typing import Any
 from ..common.addresses import RESERVED_SUFFIXES, service_addresses
 from ..common.errors import EXIT_CONFIG, ListfilterError
 from ..common.paths import DEFAULT_STATE_DIR, SNAPSHOT_NAME, config_path
+from ..common.snapshot import LOCAL_SUBMISSION
 
 #: Enrollment types of the default roster schema (Canvas: applicants are
 #: recorded as "applied" by the course app).
@@ -47,6 +48,92 @@ class ConfigError(ListfilterError):
         return f"{prefix}{self.where}: {self.message}" if self.where else f"{prefix}{self.message}"
 
 
+#: How Postfix's smtp(8) client starts TLS with the relay: when offered, STARTTLS required, TLS from connect.
+RELAY_TLS = ("may", "starttls", "implicit")
+#: The relay's port when the table leaves it out: submission (RFC 6409) and submissions (RFC 8314).
+RELAY_PORTS = {"starttls": 587, "implicit": 465}
+#: The CAs Debian's ca-certificates package trusts, in one file (read before smtp(8) enters a chroot).
+DEFAULT_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+@dataclass(frozen=True)
+class Relay:
+    """``[site] relay``: where Postfix hands outbound mail, and how it logs in there (docs/config.md)."""
+
+    host: str  # a name or address, no brackets; an IPv6 address as Postfix writes it, ipv6:2001:db8::1
+    port: int | None = None  # None: Postfix's default, the smtp port (25)
+    tls: str = "may"  # one of RELAY_TLS
+    verify: bool = False  # the certificate must chain to ca_file and name the host
+    ca_file: Path | None = None
+    username: str | None = None  # the SASL login; None: no login
+    password_env: str = "LISTFILTER_RELAY_PASSWORD"
+    password_file: Path = Path("/etc/listfilter/relay-password")
+    password_map: Path = Path("/etc/postfix/listfilter_sasl_passwd")  # written by `listfilter postfix-config`
+
+    @property
+    def address(self) -> str:
+        """``host:port``, or ``host`` alone for Postfix's default port."""
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def password_source(self) -> str:
+        """Where :meth:`resolved_password` takes the password from: ``$VARIABLE`` or the file."""
+        return f"${self.password_env}" if os.environ.get(self.password_env) else str(self.password_file)
+
+    def resolved_password(self) -> str:
+        """The login's password: from the environment variable first, then the file.
+
+        The file must belong to root (or to the user reading it) and be readable
+        by its owner alone: a password others can read is refused, not used.
+        """
+        where = "site.relay.password_file"
+        value = os.environ.get(self.password_env)
+        source = f"${self.password_env}"
+        if not value:
+            path, source = self.password_file, str(self.password_file)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise ConfigError(where, f"{path} does not exist: put the relay password there"
+                                         f" (root's, mode 0600), or set ${self.password_env}") from None
+            except OSError as exc:
+                raise ConfigError(where, f"{path}: {exc.strerror} (run as root)") from None
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                mode = st.st_mode & 0o7777
+                if st.st_mode & 0o077:
+                    raise ConfigError(where, f"{path} is mode {mode:04o}: others than its owner may read or"
+                                             f" change the relay password; `chmod 600 {path}`")
+                if st.st_uid not in (0, os.geteuid()):
+                    raise ConfigError(where, f"{path} belongs to uid {st.st_uid}, not root;"
+                                             f" `chown root {path}`")
+                raw = fh.read()
+            try:
+                value = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+            except UnicodeDecodeError:
+                raise ConfigError(where, f"{path} is not UTF-8") from None
+        if not value:
+            raise ConfigError(where, f"{source} is empty")
+        if any(not c.isprintable() for c in value):
+            raise ConfigError(where, f"{source} holds more than one line, or a control character")
+        if value != value.rstrip():
+            raise ConfigError(where, f"{source}: the password ends in white space, which Postfix's"
+                                     " lookup tables cannot keep")
+        return value
+
+
+@dataclass(frozen=True)
+class TrustedSenders:
+    """One ``[site] authenticated_trusted`` entry: From domains believed without a DMARC pass.
+
+    With ``networks``, only for mail whose SMTP client is in one of them (the
+    campus relay's addresses, say) or, for ``"local"``, mail submitted on this
+    host with sendmail; without, from any client (docs/deliverability.md).
+    """
+
+    domains: tuple[str, ...]  # lower-cased
+    networks: tuple[str, ...] = ()  # ipaddress networks as text, or LOCAL_SUBMISSION; (): any client
+
+
 @dataclass(frozen=True)
 class Site:
     timezone: str
@@ -55,9 +142,14 @@ class Site:
     map_dir: Path
     transport: str
     sendmail: str
-    relay: str | None
+    relay: Relay | None
     owners: tuple[str, ...]
     notice_limit: int
+    dmarc: str = "munge"  # every list's DMARC mitigation unless it names its own (DMARC_MODES)
+    dmarc_always: tuple[str, ...] = ()  # every list's dmarc_always unless it names its own
+    authserv_id: str | None = None  # this host's authserv-id ([verify]); None: [dns] hostname, else the FQDN
+    authenticated_trusted: tuple[TrustedSenders, ...] = ()  # From domains believed without a DMARC pass
+    redirect_all_to: str | None = None  # staging valve: every copy for every domain goes only here
 
     @property
     def snapshot_path(self) -> Path:
@@ -71,6 +163,12 @@ class PostfixSettings:
     map_type: str
     reload: bool
     maxproc: int  # master.cf's process limit for the pipes
+    log_file: Path  # where Postfix's log lines land (syslog's file, or main.cf's maillog_file)
+    log_group: str | None  # the deliver pipe's group (user=listfilter:GROUP), for reading log_file
+
+    @property
+    def postqueue(self) -> Path:
+        return self.command_directory / "postqueue"
 
 
 @dataclass(frozen=True)
@@ -97,9 +195,19 @@ class Roster:
 
 
 @dataclass(frozen=True)
+class DKIMKey:
+    """A list domain's DKIM key: the domain's line in OpenDKIM's KeyTable (docs/deliverability.md)."""
+
+    selector: str  # the s= of the signature; its public key is at SELECTOR._domainkey.DOMAIN
+    key: Path  # the private key file (opendkim-genkey's SELECTOR.private)
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     course: str | None
+    dkim: DKIMKey | None = None  # None: copies on this domain are not signed
+    redirect_all_to: str | None = None  # staging valve for this domain's lists (overrides [site]'s)
 
 
 @dataclass(frozen=True)
@@ -141,6 +249,10 @@ class ListConfig:
     owners: tuple[str, ...]
     exclude_poster: bool
     domains: tuple[str, ...]
+    title_case_subject: bool = True  # the Subject's text in Title Case (listfilter.mail.subject)
+    dmarc: str = "munge"  # one of DMARC_MODES: what a post From a strict DMARC domain gets
+    dmarc_always: tuple[str, ...] = ()  # lower-cased domains and addresses that get it whatever their policy
+    require_authenticated: bool = False  # a post counts only with a DMARC pass here, or from a trusted sender
 
 
 @dataclass(frozen=True)
@@ -301,13 +413,97 @@ class WebSettings:
     proxy_header: str | None  # e.g. X-Remote-User; None: no proxy sign-on
     proxies: tuple[str, ...]  # addresses/networks whose proxy_header and X-Forwarded-* are believed
     proxy_secret_env: str | None  # the variable holding the secret the proxy sends; None: no secret
-    accounts: dict[str, str]  # lower-cased user -> password hash (standalone login)
+    accounts: dict[str, str]  # lower-cased user -> password hash (standalone login), from [web.accounts]
+    accounts_file: Path  # root's file of more accounts (user:hash lines), read by the app (listfilter.admin.auth)
     secret_env: str
     secret_file: Path
     session_file: Path  # the app's own SQLite file: sign-ins and failed sign-ins
     roles_file: Path  # written by sync: the roster roles of staff (for proxy sign-on)
     page_size: int
     session_hours: int
+
+
+@dataclass(frozen=True)
+class DNSSettings:
+    """``[dns]``: the resolver the sync side and ``dns-check`` ask (docs/config.md), and what dns-check expects."""
+
+    nameservers: tuple[str, ...] = ()  # IP addresses; () means the host's /etc/resolv.conf
+    port: int = 53
+    timeout: float = 5.0  # seconds for one lookup, retries included
+    hostname: str | None = None  # this host's name (EHLO, PTR); None: the host's FQDN
+    expect_mx: tuple[str, ...] = ()  # names or addresses a list domain's MX must point at; (): hostname
+    sending_addresses: tuple[str, ...] = ()  # where mail leaves from; (): the relay's addresses, or this host's
+
+
+#: What Postfix does with a copy while OpenDKIM does not answer (the milter's default_action).
+DKIM_ACTIONS = ("tempfail", "accept")
+
+
+@dataclass(frozen=True)
+class DKIMSettings:
+    """``[dkim]``: the OpenDKIM milter that signs the copies listfilter hands back (docs/config.md).
+
+    The keys are per list domain (:class:`DKIMKey`, ``[domains."…"] dkim_selector``);
+    what is here is shared by all of them: one milter, one pair of tables.
+    """
+
+    socket: str = "inet:127.0.0.1:8891"  # Postfix's milter address: inet:HOST:PORT or unix:/PATH
+    default_action: str = "tempfail"  # one of DKIM_ACTIONS
+    selector: str | None = None  # every list domain's selector unless it names its own
+    key_dir: Path = Path("/etc/dkimkeys")  # a domain's key: key_dir/DOMAIN/SELECTOR.private
+    table_dir: Path = Path("/etc/opendkim")  # where key.table and signing.table are installed
+
+    @property
+    def key_table(self) -> Path:
+        return self.table_dir / "key.table"
+
+    @property
+    def signing_table(self) -> Path:
+        return self.table_dir / "signing.table"
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """``[verify]``: the milters that check mail arriving by SMTP (docs/deliverability.md).
+
+    A second OpenDKIM, verifying only (``[dkim]``'s signer stays on
+    non_smtpd_milters), then OpenDMARC, on smtpd_milters; both write
+    Authentication-Results under ``[site] authserv_id``, which listfilter
+    reads for lists with ``require_authenticated``.
+    """
+
+    opendkim: str = "inet:127.0.0.1:8892"  # the verifying OpenDKIM's milter address
+    opendmarc: str = "inet:127.0.0.1:8893"
+    default_action: str = "tempfail"  # one of DKIM_ACTIONS: what smtpd does while a milter does not answer
+    header_checks: Path = Path("/etc/postfix/listfilter_header_checks")  # strips forged Authentication-Results
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    """``[status]``: the thresholds of ``listfilter status`` (docs/config.md); 0 turns a threshold off."""
+
+    deferred_warn: int = 1  # list messages in Postfix's deferred queue
+    deferred_crit: int = 100
+    oldest_deferred_warn_hours: int = 4  # the oldest deferred list message's age
+    oldest_deferred_crit_hours: int = 24
+    held_warn: int = 1  # list messages on hold
+    held_crit: int = 0
+    active_warn: int = 500  # list messages in the incoming/active queues
+    active_crit: int = 5000
+    sync_warn_minutes: int = 30  # since the last sync ran
+    sync_crit_minutes: int = 120
+    snapshot_warn_days: int = 0  # since the snapshot last changed (an unchanged sync does not rewrite it)
+    snapshot_crit_days: int = 0
+    spool_warn: int = 100  # spool records not yet ingested
+    spool_crit: int = 1000
+    failed_posts_warn: int = 1  # posts with a bounced or expired member, last 24 hours
+    failed_posts_crit: int = 0
+    failed_notices_warn: int = 1  # owner notices that failed or were dropped, last 24 hours
+    failed_notices_crit: int = 0
+    suppressed_warn: int = 0  # addresses suppressed by bounce scoring
+    suppressed_crit: int = 0
+    dkim_key_warn_days: int = 365  # the DKIM private key file's age
+    dkim_key_crit_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -320,6 +516,41 @@ class Config:
     lists: dict[str, ListConfig] = field(default_factory=dict)
     store: StoreSettings | None = None
     web: WebSettings | None = None  # None: no [web] table
+    dns: DNSSettings = field(default_factory=DNSSettings)
+    dkim: DKIMSettings | None = None  # None: nothing is signed (no list domain has a DKIM selector)
+    verify: VerifySettings | None = None  # None: inbound mail is not verified (no [verify] table)
+    status: StatusSettings = field(default_factory=StatusSettings)
+
+    @property
+    def authserv_id(self) -> str:
+        """This host's authserv-id: ``[site] authserv_id``, else ``[dns] hostname``, else the host's FQDN."""
+        if self.site.authserv_id:
+            return self.site.authserv_id
+        if self.dns.hostname:
+            return self.dns.hostname
+        import socket
+
+        return socket.getfqdn().lower()
+
+    def redirect_for(self, domain: str) -> str | None:
+        """The staging valve for one list domain: its ``redirect_all_to``, else [site]'s; None when off."""
+        own = self.domains.get(domain)
+        return (own.redirect_all_to if own is not None else None) or self.site.redirect_all_to
+
+    def redirects(self) -> dict[str, str]:
+        """Every list domain whose copies the staging valve redirects, to the address they go to."""
+        return {d: to for d in sorted(self.domains) if (to := self.redirect_for(d))}
+
+    def staging_note(self) -> str | None:
+        """The staging valve in one line, for check, sync and the admin page; None when it is off."""
+        redirects = self.redirects()
+        if not redirects:
+            return None
+        by_target: dict[str, list[str]] = {}
+        for domain, target in redirects.items():
+            by_target.setdefault(target, []).append(domain)
+        return "STAGING: redirect_all_to is on: " + "; ".join(
+            f"every copy for the lists on {', '.join(ds)} goes only to {t}" for t, ds in sorted(by_target.items()))
 
     def reply_to_address(self, lst: ListConfig, domain: str) -> str | None:
         if lst.reply_to is None:
@@ -369,6 +600,10 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     lists_t = top.table("lists")
     store_t = top.table("store")
     web_t = top.table("web") if "web" in data else None
+    dns_t = top.table("dns")
+    dkim_t = top.table("dkim")
+    verify_t = top.table("verify") if "verify" in data else None
+    status_t = top.table("status")
     top.done()
 
     site = _site(site_t, base)
@@ -376,6 +611,8 @@ def parse(data: dict[str, Any], path: Path) -> Config:
     roster = _roster(roster_t, base)
     store = _store(store_t, site, base, configured="store" in data)
     web = _web(web_t, site, roster, base) if web_t is not None else None
+    dns_settings = _dns(dns_t)
+    dkim = _dkim(dkim_t, base)
 
     domains: dict[str, Domain] = {}
     for name in domains_t.keys():
@@ -383,16 +620,23 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         dname = name.lower()
         if not _DOMAIN.match(dname):
             raise ConfigError(f"domains.{name}", "not a valid mail domain")
-        domains[dname] = Domain(dname, d.string("course", None))
+        domains[dname] = Domain(dname, d.string("course", None), _domain_dkim(d, dname, dkim, base),
+                                redirect_all_to=_redirect(d, f"domains.{name}.redirect_all_to"))
         d.done()
     domains_t.done()
     if not domains:
         raise ConfigError("domains", 'at least one [domains."…"] table is required')
+    if not any(d.dkim for d in domains.values()):
+        if "dkim" in data:
+            raise ConfigError("dkim", 'no list domain is signed: set dkim.selector, or dkim_selector in a'
+                                      ' [domains."…"] table')
+        dkim = None
+    verify = _verify(verify_t, base, dkim) if verify_t is not None else None
 
     known_roles = set(roster.enrollment_types) | set(roster.role_aliases)
     lists: dict[str, ListConfig] = {}
     for name in lists_t.keys():
-        lists[name] = _list(lists_t.table(name), name, site, roster, domains, known_roles)
+        lists[name] = _list(lists_t.table(name), name, site, roster, domains, known_roles, verify=verify is not None)
     lists_t.done()
 
     seen: dict[str, str] = {}
@@ -406,6 +650,11 @@ def parse(data: dict[str, Any], path: Path) -> Config:
                         f"{addr} is already used by lists.{other}",
                     )
                 seen[addr] = lst.name
+    for where, target in [("site.redirect_all_to", site.redirect_all_to)] + [
+            (f"domains.{d.name}.redirect_all_to", d.redirect_all_to) for d in domains.values()]:
+        if target is not None and target.lower() in seen:
+            raise ConfigError(where, f"{target} is an address of lists.{seen[target.lower()]}: every copy would"
+                                     " come back to the list (name a person's mailbox)")
     for lst in lists.values():
         if lst.reply_to is not None and "@" not in lst.reply_to:
             target = lists.get(lst.reply_to)
@@ -420,7 +669,8 @@ def parse(data: dict[str, Any], path: Path) -> Config:
                     f"lists.{lst.name}.reply_to",
                     f"list {lst.reply_to!r} is not served on {', '.join(sorted(missing))}",
                 )
-    return Config(path, site, postfix, roster, domains, lists, store, web)
+    return Config(path, site, postfix, roster, domains, lists, store, web, dns=dns_settings, dkim=dkim, verify=verify,
+                  status=_status(status_t))
 
 
 # --------------------------------------------------------------------------
@@ -443,12 +693,182 @@ def _site(t: _Table, base: Path) -> Site:
         map_dir=t.path("map_dir", str(state_dir / "postfix"), base),
         transport=t.string("transport", "listfilter", pattern=r"^[a-z][a-z0-9_-]*$"),
         sendmail=t.string("sendmail", "/usr/sbin/sendmail"),
-        relay=t.string("relay", None),
+        relay=_relay(t.take("relay"), base),
         owners=tuple(_address(a, f"site.owners[{i}]") for i, a in enumerate(t.strings("owners", []))),
         notice_limit=t.integer("notice_limit", 5, minimum=0),
+        dmarc=t.choice("dmarc", "munge", DMARC_MODES),
+        dmarc_always=_dmarc_always(t, "site.dmarc_always", ()),
+        authserv_id=_authserv_id(t.string("authserv_id", None)),
+        authenticated_trusted=_trusted_senders(t.take("authenticated_trusted")),
+        redirect_all_to=_redirect(t, "site.redirect_all_to"),
     )
     t.done()
     return site
+
+
+def _redirect(t: _Table, where: str) -> str | None:
+    """``redirect_all_to``: the one address every copy goes to instead (the staging valve), or None."""
+    value = t.string("redirect_all_to", None)
+    return None if value is None else _address(value, where)
+
+
+#: An authserv-id as the milters write it and Postfix's header_checks can match: a host name.
+_AUTHSERV_ID = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?$", re.I)
+
+
+def _authserv_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _AUTHSERV_ID.match(value) or ".." in value:
+        raise ConfigError("site.authserv_id", f"{value!r} is not a host name (the authserv-id the milters write,"
+                                              " e.g. mx.lists.example.edu)")
+    return value.lower()
+
+
+def _trusted_senders(value: Any) -> tuple[TrustedSenders, ...]:
+    """``authenticated_trusted``: ``"example.edu"``, or ``{ domains = [...], networks = [...] }``."""
+    import ipaddress
+
+    where = "site.authenticated_trusted"
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(where, f"expected an array of domains and tables, not {_tname(value)}")
+
+    def domain(text: Any, fld: str) -> str:
+        name = text.strip().rstrip(".").lower() if isinstance(text, str) else ""
+        if not _DOMAIN.match(name):
+            raise ConfigError(fld, f"{text!r} is not a mail domain (the From address's domain, e.g. example.edu)")
+        return name
+
+    out = []
+    for i, entry in enumerate(value):
+        fld = f"{where}[{i}]"
+        if isinstance(entry, str):
+            out.append(TrustedSenders((domain(entry, fld),)))
+            continue
+        t = _Table(entry, fld)
+        t.only(("domains", "networks"))
+        domains = tuple(domain(d, f"{fld}.domains[{j}]") for j, d in enumerate(t.strings("domains")))
+        if not domains:
+            raise ConfigError(f"{fld}.domains", "name at least one domain")
+        networks = []
+        for j, net in enumerate(t.strings("networks", [])):
+            if net.strip().lower() == LOCAL_SUBMISSION:
+                networks.append(LOCAL_SUBMISSION)
+                continue
+            try:
+                networks.append(str(ipaddress.ip_network(net.strip(), strict=False)))
+            except ValueError:
+                raise ConfigError(f"{fld}.networks[{j}]", f"{net!r} is not an IP address or network"
+                                                          f' (or "{LOCAL_SUBMISSION}")') from None
+        if "networks" in entry and not networks:
+            raise ConfigError(f"{fld}.networks", "name at least one network, or leave networks out (any client)")
+        t.done()
+        out.append(TrustedSenders(domains, tuple(networks)))
+    return tuple(out)
+
+
+#: What a list does with a post From a domain whose DMARC policy is quarantine or reject
+#: (docs/deliverability.md): From becomes the list's address; the post goes inside one from the list; nothing.
+DMARC_MODES = ("munge", "wrap", "off")
+
+
+def _dmarc_always(t: _Table, where: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """``dmarc_always``: domains (``gmail.com``) and addresses, lower-cased; ``default`` when absent."""
+    if t.data.get("dmarc_always") is None:
+        t.take("dmarc_always")
+        return default
+    out: list[str] = []
+    for i, value in enumerate(t.strings("dmarc_always")):
+        fld = f"{where}[{i}]"
+        if "@" in value:
+            entry = _address(value, fld).lower()
+        else:
+            entry = value.strip().rstrip(".").lower()
+            if not _DOMAIN.match(entry):
+                raise ConfigError(fld, f"{value!r} is neither a mail domain (gmail.com) nor an address")
+        if entry not in out:
+            out.append(entry)
+    return tuple(out)
+
+
+def _relay(value: Any, base: Path) -> Relay | None:
+    """``relay = "host:port"`` (no login, TLS when offered) or a table with the login (docs/config.md)."""
+    where = "site.relay"
+    if value is None:
+        return None
+    if isinstance(value, str):
+        host, port = _relay_address(value, where)
+        return Relay(host=host, port=port)
+    if not isinstance(value, dict):
+        raise ConfigError(where, f'expected "host:port" or a table, not {_tname(value)}')
+    t = _Table(value, where)
+    t.only(("host", "port", "tls", "verify", "ca_file", "username", "password_env", "password_file",
+            "password_map"))
+    host, _ = _relay_address(t.string("host", None) or "", f"{where}.host", port_allowed=False)
+    tls = t.choice("tls", "may", RELAY_TLS)
+    port = t.integer("port", RELAY_PORTS.get(tls), minimum=1)
+    if port is not None and port > 65535:
+        raise ConfigError(f"{where}.port", "must be at most 65535")
+    required = tls != "may"
+    verify = t.boolean("verify", required)
+    if verify and not required:
+        raise ConfigError(f"{where}.verify", 'needs tls = "starttls" or "implicit": with "may" Postfix sends'
+                                             " in plaintext when TLS fails")
+    ca_file = t.string("ca_file", None)
+    if ca_file is not None and not verify:
+        raise ConfigError(f"{where}.ca_file", "only used with verify = true")
+    username = t.string("username", None)
+    if username is not None:
+        if not username or any(c in username for c in ": ") or not username.isprintable():
+            raise ConfigError(f"{where}.username", f"{username!r}: a login has no colon, space or control"
+                                                   " character (Postfix's table writes username:password)")
+        if not required:
+            raise ConfigError(f"{where}.username", 'a login needs tls = "starttls" or "implicit": with "may"'
+                                                   " the password could cross the network in plaintext")
+    else:
+        for key in ("password_env", "password_file", "password_map"):
+            if key in value:
+                raise ConfigError(f"{where}.{key}", "only used with username (the relay's login)")
+    relay = Relay(
+        host=host,
+        port=port,
+        tls=tls,
+        verify=verify,
+        ca_file=(base / (ca_file or DEFAULT_CA_FILE)) if verify else None,
+        username=username,
+        password_env=t.string("password_env", Relay.password_env, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+        password_file=t.path("password_file", str(Relay.password_file), base),
+        password_map=t.path("password_map", str(Relay.password_map), base),
+    )
+    t.done()
+    return relay
+
+
+def _relay_address(text: str, where: str, port_allowed: bool = True) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or ``[host]:port`` → (host, port or None)."""
+    form = "host:port" if port_allowed else "a host name or address"
+    value = text.strip()
+    port = None
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ConfigError(where, f"{text!r} is not {form}")
+        port = rest[1:] if rest else None
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host = value
+    if port is not None and not port_allowed:
+        raise ConfigError(where, f"{text!r} is not {form} (the port goes in site.relay.port)")
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(where, f"{text!r} is not {form}: {port!r} is not a port number")
+    if not host or not host.isprintable() or any(c in host for c in " []/@"):
+        raise ConfigError(where, f"{text!r} is not {form}")
+    if ":" in host and not host.lower().startswith("ipv6:"):
+        raise ConfigError(where, f"{text!r}: write an IPv6 address as [ipv6:2001:db8::1]:25, as Postfix does")
+    return host, int(port) if port is not None else None
 
 
 def _postfix(t: _Table, base: Path) -> PostfixSettings:
@@ -459,7 +879,11 @@ def _postfix(t: _Table, base: Path) -> PostfixSettings:
         map_type=t.choice("map_type", "hash", ("hash", "btree", "cdb", "lmdb", "texthash")),
         reload=t.boolean("reload", True),
         maxproc=t.integer("maxproc", 4, minimum=1),
+        log_file=t.path("log_file", "/var/log/mail.log", base),
+        log_group=t.string("log_group", None),
     )
+    if settings.log_group is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", settings.log_group):
+        raise ConfigError("postfix.log_group", f"{settings.log_group!r} is not a group name")
     t.done()
     return settings
 
@@ -525,6 +949,12 @@ def _store(t: _Table, site: Site, base: Path, configured: bool) -> StoreSettings
     return store
 
 
+#: Where the admin page's password hashes live: root's, readable by the app's group, never in version control.
+DEFAULT_WEB_ACCOUNTS = "/etc/listfilter/web-accounts"
+#: A werkzeug password hash (what `listfilter web passwd` makes): "scrypt:131072:8:1$salt$hex".
+PASSWORD_HASH = re.compile(r"^(scrypt|pbkdf2):[^$]+\$[^$]+\$[0-9a-f]+$")
+
+
 def _web(t: _Table, site: Site, roster: Roster, base: Path) -> WebSettings:
     import ipaddress
 
@@ -556,7 +986,7 @@ def _web(t: _Table, site: Site, roster: Roster, base: Path) -> WebSettings:
     accounts = {}
     for user in accounts_t.keys():
         value = accounts_t.string(user, None)
-        if not re.match(r"^(scrypt|pbkdf2):[^$]+\$[^$]+\$[0-9a-f]+$", value):
+        if not PASSWORD_HASH.match(value):
             raise ConfigError(f"web.accounts.{user}", "not a password hash (make one with `listfilter web passwd`)")
         accounts[user.lower()] = value
     accounts_t.done()
@@ -571,6 +1001,7 @@ def _web(t: _Table, site: Site, roster: Roster, base: Path) -> WebSettings:
         proxies=proxies,
         proxy_secret_env=proxy_secret_env,
         accounts=accounts,
+        accounts_file=t.path("accounts_file", DEFAULT_WEB_ACCOUNTS, base),
         secret_env=t.string("secret_env", "LISTFILTER_WEB_SECRET"),
         secret_file=secret_path,
         # beside the secret by default: the one place the app is known to be able to write
@@ -580,9 +1011,146 @@ def _web(t: _Table, site: Site, roster: Roster, base: Path) -> WebSettings:
         session_hours=t.integer("session_hours", 12, minimum=1),
     )
     t.done()
-    if not header and not accounts:
-        raise ConfigError("web", "no way in: set proxy_header and proxies (single sign-on), or [web.accounts]")
+    # No way in (no proxy_header, no account) is not a config error: the accounts file, which
+    # only root and the app may read, can hold the accounts. The app refuses to start without
+    # one, and `listfilter check` says so (listfilter.admin.auth.no_way_in).
     return web
+
+
+def _dns(t: _Table) -> DNSSettings:
+    import ipaddress
+
+    def address(value: str, where: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ConfigError(where, f"{value!r} is not an IP address") from None
+
+    def host(value: str, where: str) -> str:
+        name = value.strip().rstrip(".").lower()
+        if not _DOMAIN.match(name):
+            raise ConfigError(where, f"{value!r} is not a host name")
+        return name
+
+    nameservers = tuple(address(v, f"dns.nameservers[{i}]") for i, v in enumerate(t.strings("nameservers", [])))
+    port = t.integer("port", 53, minimum=1)
+    if port > 65535:
+        raise ConfigError("dns.port", "must be at most 65535")
+    timeout = t.take("timeout")
+    if timeout is None:
+        timeout = 5.0
+    elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigError("dns.timeout", f"expected a number of seconds, not {_tname(timeout)}")
+    elif not 0 < timeout <= 300:
+        raise ConfigError("dns.timeout", "must be more than 0 and at most 300 seconds")
+    hostname = t.string("hostname", None)
+    expect_mx = []
+    for i, v in enumerate(t.strings("expect_mx", [])):
+        try:
+            expect_mx.append(str(ipaddress.ip_address(v.strip())))
+        except ValueError:
+            expect_mx.append(host(v, f"dns.expect_mx[{i}]"))
+    sending = tuple(address(v, f"dns.sending_addresses[{i}]") for i, v in enumerate(t.strings("sending_addresses", [])))
+    t.done()
+    return DNSSettings(
+        nameservers=nameservers,
+        port=port,
+        timeout=float(timeout),
+        hostname=host(hostname, "dns.hostname") if hostname is not None else None,
+        expect_mx=tuple(expect_mx),
+        sending_addresses=sending,
+    )
+
+
+#: A DKIM selector (RFC 6376 §3.1): one or more DNS labels.
+_SELECTOR = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$", re.I)
+#: The milter address forms Postfix reads (postconf(5), "milter"): the TCP one, and a unix socket's absolute path.
+_MILTER_INET = re.compile(r"^inet:(\[[0-9a-f:.]+\]|[a-z0-9.-]+):(\d{1,5})$", re.I)
+_MILTER_UNIX = re.compile(r"^unix:(/\S+)$")
+
+
+def _status(t: _Table) -> StatusSettings:
+    """``[status]``: whole numbers, 0 for "never"; a warn threshold above its crit threshold is an error."""
+    from dataclasses import fields
+
+    values = {f.name: t.integer(f.name, f.default, minimum=0) for f in fields(StatusSettings)}
+    t.done()
+    for name, warn in values.items():
+        if "_warn" in name:
+            crit_name = name.replace("_warn", "_crit")
+            crit = values[crit_name]
+            if warn and crit and warn > crit:
+                raise ConfigError(f"status.{name}", f"{warn} is above status.{crit_name} ({crit})")
+    return StatusSettings(**values)
+
+
+def _dkim(t: _Table, base: Path) -> DKIMSettings:
+    """``[dkim]``; every setting has a default, so a site that signs may leave the table out."""
+    socket = t.string("socket", DKIMSettings.socket)
+    m = _MILTER_INET.match(socket)
+    if not (m and 0 < int(m.group(2)) <= 65535) and not _MILTER_UNIX.match(socket):
+        raise ConfigError("dkim.socket", f"{socket!r} is not inet:HOST:PORT or unix:/PATH (where OpenDKIM listens)")
+    settings = DKIMSettings(
+        socket=socket,
+        default_action=t.choice("default_action", DKIMSettings.default_action, DKIM_ACTIONS),
+        selector=_dkim_selector(t.string("selector", None), "dkim.selector"),
+        key_dir=_dkim_path(t.path("key_dir", str(DKIMSettings.key_dir), base), "dkim.key_dir"),
+        table_dir=_dkim_path(t.path("table_dir", str(DKIMSettings.table_dir), base), "dkim.table_dir"),
+    )
+    t.done()
+    return settings
+
+
+def _milter_socket(value: str, where: str, what: str) -> str:
+    m = _MILTER_INET.match(value)
+    if not (m and 0 < int(m.group(2)) <= 65535) and not _MILTER_UNIX.match(value):
+        raise ConfigError(where, f"{value!r} is not inet:HOST:PORT or unix:/PATH (where {what} listens)")
+    return value
+
+
+def _verify(t: _Table, base: Path, dkim: DKIMSettings | None) -> VerifySettings:
+    """``[verify]``: its presence turns inbound verification on; every setting has a default."""
+    settings = VerifySettings(
+        opendkim=_milter_socket(t.string("opendkim", VerifySettings.opendkim), "verify.opendkim",
+                                "the verifying OpenDKIM"),
+        opendmarc=_milter_socket(t.string("opendmarc", VerifySettings.opendmarc), "verify.opendmarc", "OpenDMARC"),
+        default_action=t.choice("default_action", VerifySettings.default_action, DKIM_ACTIONS),
+        header_checks=t.path("header_checks", str(VerifySettings.header_checks), base),
+    )
+    t.done()
+    if settings.opendkim == settings.opendmarc:
+        raise ConfigError("verify.opendmarc", "the same address as verify.opendkim: each milter needs its own")
+    if dkim is not None and dkim.socket in (settings.opendkim, settings.opendmarc):
+        which = "opendkim" if dkim.socket == settings.opendkim else "opendmarc"
+        raise ConfigError(f"verify.{which}", f"{dkim.socket} is dkim.socket, the signer's: the verifier is a second"
+                                             " OpenDKIM with an address of its own")
+    return settings
+
+
+def _domain_dkim(t: _Table, domain: str, dkim: DKIMSettings, base: Path) -> DKIMKey | None:
+    """A list domain's ``dkim_selector`` and ``dkim_key``; None when the domain is not signed."""
+    selector = _dkim_selector(t.string("dkim_selector", None), t._w("dkim_selector")) or dkim.selector
+    key = t.string("dkim_key", None)
+    if selector is None:
+        if key is not None:
+            raise ConfigError(t._w("dkim_key"), "only used with dkim_selector (or dkim.selector): the key's selector")
+        return None
+    path = (base / key) if key is not None else dkim.key_dir / domain / f"{selector}.private"
+    return DKIMKey(selector, _dkim_path(path, t._w("dkim_key")))
+
+
+def _dkim_selector(value: str | None, where: str) -> str | None:
+    if value is not None and not _SELECTOR.match(value):
+        raise ConfigError(where, f"{value!r} is not a DKIM selector (DNS labels: letters, digits and -, e.g. lists2026)")
+    return value
+
+
+def _dkim_path(path: Path, where: str) -> Path:
+    """An absolute path OpenDKIM can read from its tables: their fields are split at white space and ':'."""
+    path = path.absolute()
+    if re.search(r"[\s:#]", str(path)):
+        raise ConfigError(where, f"{str(path)!r}: OpenDKIM's tables cannot hold a path with white space, ':' or '#'")
+    return path
 
 
 def parse_bind(value: str) -> tuple[str, int]:
@@ -597,10 +1165,12 @@ def parse_bind(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, Domain], known_roles: set[str]) -> ListConfig:
+def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, Domain], known_roles: set[str],
+          verify: bool = False) -> ListConfig:
     where = f"lists.{name}"
     t.only(("address", "display_name", "description", "members", "posters", "reply_to", "subject_tag",
-            "owners", "exclude_poster", "domains"))
+            "title_case_subject", "owners", "exclude_poster", "domains", "dmarc", "dmarc_always",
+            "require_authenticated"))
     local = t.string("address", name).lower()
     if not _LOCAL_PART.match(local):
         raise ConfigError(f"{where}.address", f"{local!r} is not a valid local part (letters, digits, . _ -)")
@@ -673,11 +1243,19 @@ def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, D
         posters=posters,
         reply_to=reply_to,
         subject_tag=t.string("subject_tag", display),
+        title_case_subject=t.boolean("title_case_subject", True),
         owners=owners,
         exclude_poster=t.boolean("exclude_poster", True),
         domains=list_domains,
+        dmarc=t.choice("dmarc", site.dmarc, DMARC_MODES),
+        dmarc_always=_dmarc_always(t, f"{where}.dmarc_always", site.dmarc_always),
+        # on by default where posting is a privilege (roles, an allowlist), when the site verifies inbound mail
+        require_authenticated=t.boolean("require_authenticated", verify and not posters.members),
     )
     t.done()
+    if lst.require_authenticated and not verify:
+        raise ConfigError(f"{where}.require_authenticated", "needs a [verify] table (the milters that check inbound"
+                                                            " mail): without it every post would be refused")
     return lst
 
 

@@ -5,7 +5,8 @@ Four tables, each a text source in the map directory plus its indexed file:
 - ``domains``: relay_domains, the list domains;
 - ``recipients``: relay_recipient_maps, every address Postfix accepts there;
 - ``transport``: transport_maps, list addresses to the pipe transport;
-- ``virtual``: virtual_alias_maps, each list's -owner to its owners.
+- ``virtual``: virtual_alias_maps, each list's -owner to its owners (to ``redirect_all_to`` instead
+  while the staging valve is on for the list's domain).
 
 Installing follows Postfix's DATABASE_README: ``postmap`` builds the index
 under a temporary name, then the index and the source are renamed into place,
@@ -51,7 +52,8 @@ def _context(config: Config, lists) -> dict:
             {
                 "local_part": l.local_part,
                 "domain": l.domain,
-                "owners": l.owners,
+                # the staging valve: -owner mail goes only to redirect_all_to (a virtual alias adds no header)
+                "owners": (l.redirect_to,) if l.redirect_to else l.owners,
                 "owner_address": owner_address(l.address),
                 "addresses": service_addresses(l.local_part, l.domain),
                 "routes": [(addr, bounce_transport(config) if addr == bounces_address(l.address)

@@ -13,11 +13,12 @@ import fcntl
 import os
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..common import snapshot as S
 from ..common import spool
 from ..common.errors import ListfilterError
+from ..common.words import plural
 from . import compiler as K
 from . import maps as M
 from . import roster as R
@@ -36,6 +37,9 @@ class Plan:
     rows: list[R.Enrollment] | None = field(default=None, repr=False)
     #: Addresses no list sends to, with the reason (bounce scoring: :mod:`listfilter.store.bounces`).
     suppressed: dict[str, str] = field(default_factory=dict)
+    #: The DMARC policy of each domain that can post (:mod:`listfilter.sync.dmarc`); :func:`plan` takes
+    #: the installed entries as they are, :func:`run` asks DNS for the ones that expired.
+    dmarc: dict[str, S.DmarcEntry] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,15 +73,18 @@ def plan(config: Config, rows: list[R.Enrollment] | None = None,
 
         suppressed = before_sync(config, ingest=False).suppressed
     maps = M.render(config, lists)
+    from .dmarc import installed_view
+
     return with_suppressed(config, Plan(lists=lists, digest="", snapshot_changed=True, maps=maps,
-                                        maps_changed=M.changed(config, maps), rows=rows), suppressed)
+                                        maps_changed=M.changed(config, maps), rows=rows,
+                                        dmarc=installed_view(config, lists)), suppressed)
 
 
 def with_suppressed(config: Config, p: Plan, suppressed: dict[str, str]) -> Plan:
     """The plan with this suppressed set: only the digest depends on it, not the compiled lists or the maps."""
     from dataclasses import replace
 
-    digest = K.digest(p.lists, K.site_settings(config), suppressed)
+    digest = K.digest(p.lists, K.site_settings(config), suppressed, p.dmarc)
     return replace(p, digest=digest, suppressed=suppressed,
                    snapshot_changed=S.installed_digest(config.site.snapshot_path) != digest)
 
@@ -91,7 +98,7 @@ def apply(config: Config, p: Plan) -> Result:
             "digest": p.digest,
             "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": str(config.path),
-        }, suppressed=p.suppressed)
+        }, suppressed=p.suppressed, dmarc=p.dmarc)
     pending = config.site.state_dir / "reload-pending"
     if p.maps_changed:
         M.install(config, p.maps, p.maps_changed)
@@ -128,6 +135,11 @@ def run(config: Config, user: str | None = None, *, install=None) -> Result:
     snapshot is planned, so a new suppression is in
     this snapshot (a store that cannot be used keeps the installed snapshot's
     suppressed set); the owner notices owed go out once it is installed.
+
+    DMARC policies (:mod:`listfilter.sync.dmarc`) are looked up between the
+    two: for the posters' domains, only the answers that expired in the
+    installed snapshot, within a bound; a lookup that fails adds one warning
+    and is stored as failed (the mail side then treats the domain as strict).
     """
     if install is None and user is not None and os.geteuid() == 0:
         from . import privilege as P
@@ -135,28 +147,67 @@ def run(config: Config, user: str | None = None, *, install=None) -> Result:
         if P.drops(user):
             return P.run_as(config, P.account(user))
     with lock(config) if install is None else nullcontext():
-        first = plan(config, suppressed={})  # the roster, compiled: a bounce counts only for a member now
-        bounces = _score_bounces(config, first.lists)
-        p = with_suppressed(config, first, bounces.suppressed)
-        result = (install or apply)(config, p)
-        result.notes.extend(bounces.notes)
-        result.warnings.extend(bounces.warnings)
         try:
-            from ..store.ingest import after_sync
-
-            notes, warnings = after_sync(config, p.rows)
-        except Exception as exc:  # never let the log undo or hide a good sync
-            notes, warnings = [], [f"mail log not updated: internal error ({type(exc).__name__}: {exc})"]
-        result.notes.extend(notes)
-        result.warnings.extend(warnings)
-        notes, warnings = _notify_owners(config, p) if bounces.store_ok else ([], [])
-        result.notes.extend(notes)
-        result.warnings.extend(warnings)
-        try:
-            spool.prune(config.site.spool_dir, time.time())
-        except OSError as exc:
-            result.warnings.append(f"spool not pruned: {exc}")
+            result = _run(config, install)
+        except ListfilterError as exc:
+            record_last_sync(config, ok=False, warnings=0, error=str(exc))
+            raise
+        record_last_sync(config, ok=True, warnings=len(result.warnings))
         return result
+
+
+#: What the last sync did, for ``listfilter status``: {"at", "ok", "warnings", "error"}.
+LAST_SYNC = "last-sync.json"
+
+
+def record_last_sync(config: Config, *, ok: bool, warnings: int, error: str = "") -> None:
+    """Replace ``<state_dir>/last-sync.json`` atomically; a failure to write it never fails the sync."""
+    import json
+
+    from ..common.atomic import write_bytes
+
+    data = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "ok": ok,
+            "warnings": warnings, "error": error}
+    try:
+        write_bytes(config.site.state_dir / LAST_SYNC, (json.dumps(data) + "\n").encode())
+    except OSError:
+        pass
+
+
+def _run(config: Config, install) -> Result:
+    """The body of :func:`run`, under its lock."""
+    first = plan(config, suppressed={})  # the roster, compiled: a bounce counts only for a member now
+    bounces = _score_bounces(config, first.lists)
+    dmarc = _dmarc(config, first.lists)
+    p = with_suppressed(config, replace(first, dmarc=dmarc.entries), bounces.suppressed)
+    result = (install or apply)(config, p)
+    if dmarc.warning():
+        result.warnings.append(dmarc.warning())
+    result.notes.extend(bounces.notes)
+    result.warnings.extend(bounces.warnings)
+    try:
+        from ..store.ingest import after_sync
+
+        notes, warnings = after_sync(config, p.rows, store_error=bounces.store_error)
+    except Exception as exc:  # never let the log undo or hide a good sync
+        notes, warnings = [], [f"mail log not updated: internal error ({type(exc).__name__}: {exc})"]
+    result.notes.extend(notes)
+    result.warnings.extend(warnings)
+    notes, warnings = _notify_owners(config, p) if bounces.store_ok else ([], [])
+    result.notes.extend(notes)
+    result.warnings.extend(warnings)
+    try:
+        spool.prune(config.site.spool_dir, time.time())
+    except OSError as exc:
+        result.warnings.append(f"spool not pruned: {exc}")
+    return result
+
+
+def _dmarc(config: Config, lists):
+    """The DMARC policies of the domains that can post: the installed ones still fresh, DNS for the rest."""
+    from . import dmarc as DM
+
+    return DM.refresh(config, lists, S.installed_dmarc(config.site.snapshot_path))
 
 
 def _score_bounces(config: Config, lists=None):
@@ -172,7 +223,7 @@ def _score_bounces(config: Config, lists=None):
     except Exception as exc:  # never let scoring stop the roster from reaching the lists
         kept = B.installed_suppressed(config)
         return B.BounceSync(kept, warnings=[f"bounces not scored: internal error ({type(exc).__name__}: {exc});"
-                                            f" keeping the installed snapshot's {len(kept)} suppressed address(es)"],
+                                            f" keeping the installed snapshot's {plural(len(kept), 'suppressed address')}"],
                             store_ok=False)
 
 

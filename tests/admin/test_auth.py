@@ -53,7 +53,8 @@ def test_new_hashes_meet_the_minimums_and_verify():
 
 def accounts_config(make_config, accounts: dict[str, str], web: str = ""):
     lines = "\n".join(f'"{u}" = "{h}"' for u, h in accounts.items())
-    return make_config(COURSE_LISTS + f"[web]\n{web}\n[web.accounts]\n{lines}\n")
+    # an accounts file beside the config (none is written here), never the host's /etc/listfilter
+    return make_config(COURSE_LISTS + f'[web]\naccounts_file = "web-accounts"\n{web}\n[web.accounts]\n{lines}\n')
 
 
 def test_check_refuses_weak_hashes_one_line_per_account(make_config):
@@ -64,7 +65,7 @@ def test_check_refuses_weak_hashes_one_line_per_account(make_config):
     })
     ran = listfilter(path, "check", "--offline")
     assert ran.returncode == 1, ran.stdout
-    lines = [line for line in ran.stdout.splitlines() if "web accounts" in line]
+    lines = [line for line in ran.stdout.splitlines() if line.startswith("PROBLEM  web accounts")]
     assert lines == [
         "PROBLEM  web accounts: old@example.edu: the password hash is pbkdf2-sha256 with 260,000 iterations"
         " (at least 600,000), below OWASP's minimum (make a new one with `listfilter web passwd old@example.edu`)",
@@ -73,17 +74,19 @@ def test_check_refuses_weak_hashes_one_line_per_account(make_config):
         " (make a new one with `listfilter web passwd werkzeug@example.edu`)",
     ]
     ran = listfilter(accounts_config(make_config, {"ok@example.edu": HASH}), "check", "--offline")
-    assert ran.returncode == 0 and "ok       web accounts: 1 account(s), every hash meets OWASP's minimums" \
+    assert ran.returncode == 0 and "ok       web accounts: 1 account, every hash meets OWASP's minimums" \
         in ran.stdout, ran.stdout
 
 
-def test_passwd_makes_a_hash_that_check_accepts(make_config):
-    ran = listfilter(make_config(), "web", "passwd", "prof@example.edu", "--stdin", input="s3cret-pass\n")
+def test_passwd_makes_a_hash_that_check_accepts(make_config, tmp_path):
+    path = make_config(COURSE_LISTS + '[web]\naccounts_file = "web-accounts"\n')
+    ran = listfilter(path, "web", "passwd", "prof@example.edu", "--stdin", "--group", "root", input="s3cret-pass\n")
     assert ran.returncode == 0, ran.stderr
-    line = ran.stdout.strip()
-    assert re.fullmatch(r'"prof@example\.edu" = "scrypt:131072:8:1\$[^$]{16}\$[0-9a-f]{128}"', line), line
-    ran = listfilter(make_config(COURSE_LISTS + f"[web.accounts]\n{line}\n"), "check", "--offline")
-    assert ran.returncode == 0 and "ok       web accounts" in ran.stdout, ran.stdout
+    [line] = (tmp_path / "web-accounts").read_text().splitlines()[2:]  # after the two comment lines
+    assert re.fullmatch(r"prof@example\.edu:scrypt:131072:8:1\$[^$]{16}\$[0-9a-f]{128}", line), line
+    ran = listfilter(path, "check", "--offline")
+    assert ran.returncode == 0 and "ok       web accounts: 1 account, every hash meets" in ran.stdout, ran.stdout
+    assert "warning" not in ran.stdout
 
 
 # ---------------------------------------------------------------- the proxy any local user could be

@@ -46,7 +46,8 @@ def test_to_json_is_compact_utf8_with_every_field():
 
 
 def test_statuses():
-    assert E.STATUSES == ("delivered", "bounced", "rejected", "failed", "discarded")
+    assert E.STATUSES == ("delivered", "bounced", "rejected", "failed", "discarded", "deferred")
+    assert set(E.MEANINGS) == set(E.STATUSES) and set(E.TEMPORARY) < set(E.STATUSES)
 
 
 def test_defaults_make_a_minimal_event():

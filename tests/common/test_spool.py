@@ -49,8 +49,8 @@ def test_write_event_and_pending_events(spool):
     first = SP.write_event(spool, event(1))
     assert first == spool / "events" / f"{1:032x}.json"
     assert json.loads(first.read_bytes())["id"] == f"{1:032x}"
-    SP.write_event(spool, event(1)._replace(status="failed"))  # a retry's record replaces the earlier one
-    assert json.loads(first.read_bytes())["status"] == "failed"
+    SP.write_event(spool, event(1)._replace(status="bounced"))  # a retry's record replaces the earlier one
+    assert json.loads(first.read_bytes())["status"] == "bounced"
     assert [p.name for p in (spool / "events").iterdir()] == [first.name]  # no temporary file left behind
     claimed = spool / "events" / SP.CLAIMED
     claimed.mkdir()
@@ -59,6 +59,22 @@ def test_write_event_and_pending_events(spool):
     (spool / "events" / ".hidden.json").write_text("{")
     (spool / "events" / "notes.txt").write_text("")
     assert sorted(p.name for p in SP.pending_events(spool)) == [f"{1:032x}.json", "c.json"]
+
+
+def test_a_deferral_goes_beside_the_outcome_and_the_outcome_removes_it(spool):
+    events = spool / "events"
+    deferral = SP.write_event(spool, event(1)._replace(status="deferred", error_message="4.3.0 first try"))
+    assert deferral == events / f"{1:032x}.deferred.json"
+    SP.write_event(spool, event(1)._replace(status="deferred", error_message="4.3.0 second try"))
+    assert [p.name for p in events.iterdir()] == [deferral.name]  # one file per (message, list), updated
+    assert json.loads(deferral.read_bytes())["error_message"] == "4.3.0 second try"
+    outcome = SP.write_event(spool, event(1))  # the retry that delivers ends the deferral
+    assert [p.name for p in events.iterdir()] == [outcome.name]
+    # a second copy deferring while the delivery waits for ingest does not erase it
+    SP.write_event(spool, event(1)._replace(status="deferred"))
+    assert sorted(p.name for p in events.iterdir()) == sorted([outcome.name, deferral.name])
+    assert json.loads(outcome.read_bytes())["status"] == "delivered"
+    assert len(SP.pending_events(spool)) == 2
 
 
 def test_pending_events_of_a_missing_spool(tmp_path):

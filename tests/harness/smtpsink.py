@@ -10,19 +10,25 @@ RCPT time to simulate bounces::
         assert sink.wait_for(3, timeout=10)
         assert sorted(sink.recipients()) == [...]
 
-STARTTLS is never advertised (no TLS context is given to aiosmtpd), so
-Postfix talks plain SMTP to it.
+By default STARTTLS is never advertised (no TLS context is given to
+aiosmtpd), so Postfix talks plain SMTP to it. A relay provider's submission
+port is ``SMTPSink(tls_context=ctx, logins={"user": "password"})``: STARTTLS
+required before anything else, then AUTH PLAIN or LOGIN before MAIL (530
+otherwise, 535 for a wrong password); ``implicit_tls=True`` speaks TLS from
+connect instead (port 465). Each message records the login and the TLS version.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 __all__ = ["SMTPSink", "ReceivedMessage", "free_port"]
 
@@ -48,6 +54,9 @@ class ReceivedMessage:
     mail_options: list[str] = field(default_factory=list)
     peer: object = None
     received_at: float = field(default_factory=time.time)
+    login: str | None = None  # the AUTH user the client logged in as
+    tls_version: str | None = None  # e.g. "TLSv1.3"; None: plaintext
+    queue_id: str | None = None  # the id the sink's reply named ("queued as …"), with queued_as on
 
     @property
     def text(self) -> str:
@@ -77,13 +86,22 @@ class _Handler:
         mail_from = envelope.mail_from or ""
         if mail_from == "<>":  # aiosmtpd keeps the brackets of the null sender
             mail_from = ""
+        tls = server.transport.get_extra_info("ssl_object") if server.transport else None
         msg = ReceivedMessage(
             mail_from=mail_from,
             rcpt_tos=list(envelope.rcpt_tos),
             data=bytes(data),
             mail_options=list(envelope.mail_options or []),
             peer=session.peer,
+            login=session.auth_data.login.decode() if session.auth_data else None,
+            tls_version=tls.version() if tls else None,
         )
+        if self.sink.queued_as:
+            with self.sink._cond:
+                self.sink._queued += 1
+                msg.queue_id = f"SINK{self.sink._queued:06d}"
+            self.sink._record(msg)
+            return f"250 2.0.0 Ok: queued as {msg.queue_id}"
         self.sink._record(msg)
         return "250 2.0.0 Message accepted for delivery"
 
@@ -98,15 +116,27 @@ class SMTPSink:
         reject: ``{lowercased address: "550 5.1.1 No such user"}``; a matching
             RCPT gets that reply instead of 250 (use a 4xx code for temporary).
         rejected: addresses refused because of ``reject`` (every attempt).
+        logins: ``{user: password}`` that AUTH accepts; with any, MAIL needs AUTH first.
+        auth_attempts: ``(mechanism, user, accepted)`` for every AUTH, in order.
+        queued_as: answer DATA as a relay does, "250 2.0.0 Ok: queued as SINK000001", and record
+            the id as the message's ``queue_id`` (off: "Message accepted for delivery").
     """
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", *,
+                 tls_context: ssl.SSLContext | None = None, implicit_tls: bool = False,
+                 logins: dict[str, str] | None = None):
         self.host = host
+        self.tls_context = tls_context
+        self.implicit_tls = implicit_tls
+        self.logins = dict(logins or {})
+        self.auth_attempts: list[tuple[str, str, bool]] = []
         self._fixed_port = port
         self.port: int = port or 0
         self.messages: list[ReceivedMessage] = []
         self.rejected: list[str] = []
         self.reject: dict[str, str] = {}
+        self.queued_as = False
+        self._queued = 0
         self._cond = threading.Condition()
         self._rcpt_count = 0
         self._controller: Controller | None = None
@@ -120,6 +150,15 @@ class SMTPSink:
         last_error: Exception | None = None
         for _ in range(attempts):
             port = self._fixed_port or free_port(self.host)
+            secure: dict = {}
+            if self.tls_context is not None:
+                secure = ({"ssl_context": self.tls_context} if self.implicit_tls
+                          else {"tls_context": self.tls_context, "require_starttls": True})
+            if self.logins:
+                # under implicit TLS aiosmtpd cannot tell the connection is encrypted (it is),
+                # and warns "Requiring AUTH while not requiring TLS" for each connection
+                secure.update(authenticator=self._authenticate, auth_required=True,
+                              auth_require_tls=not self.implicit_tls)
             controller = Controller(
                 _Handler(self),
                 hostname=self.host,
@@ -129,6 +168,7 @@ class SMTPSink:
                 enable_SMTPUTF8=True,
                 decode_data=False,
                 data_size_limit=None,
+                **secure,
             )
             try:
                 controller.start()
@@ -150,6 +190,14 @@ class SMTPSink:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        user = auth_data.login.decode("utf-8", "replace")
+        accepted = self.logins.get(user) == auth_data.password.decode("utf-8", "replace")
+        with self._cond:
+            self.auth_attempts.append((mechanism, user, accepted))
+        # handled=False: aiosmtpd itself answers a refusal, with 535 5.7.8
+        return AuthResult(success=accepted, handled=False, auth_data=auth_data)
 
     # -- recording ---------------------------------------------------------
 
@@ -195,6 +243,7 @@ class SMTPSink:
         with self._cond:
             self.messages.clear()
             self.rejected.clear()
+            self.auth_attempts.clear()
             self._rcpt_count = 0
 
     def __repr__(self) -> str:

@@ -33,6 +33,7 @@ MEMBERS = {"alice@example.edu", "bob@example.edu", POSTER, EAI_POSTER}
 
 CONFIG = """
 [site]
+dmarc = "off"  # no DMARC lookups: this test starts no DNS server (tests/conftest.py)
 timezone = "America/Chicago"
 state_dir = "{state}"
 owners = ["{poster}"]

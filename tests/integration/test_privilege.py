@@ -109,6 +109,7 @@ def write_config(base: Path, pf: PostfixInstance | None, *, roster: str | None =
     path = base / "lists.toml"
     path.write_text(f"""
 [site]
+dmarc = "off"  # no DMARC lookups: this test starts no DNS server (tests/conftest.py)
 timezone = "America/Chicago"
 state_dir = "{base / 'state'}"
 sendmail = "{sendmail}"
@@ -187,7 +188,7 @@ def test_divided_sync_leaves_the_state_to_listfilter_and_the_tables_to_root(base
     again = listfilter(path, "sync")
     assert again.returncode == 0 and again.stderr == "", again.stderr
     assert "unchanged" in again.stdout and "postfix reloaded" not in again.stdout
-    assert "mail log: 1 event(s) logged" in again.stdout
+    assert "mail log: 1 event logged" in again.stdout
     assert {n: (map_dir / n).stat().st_ino for n in names} == tables
     with sqlite3.connect(f"file:{config.store.path}?mode=ro", uri=True) as db:
         assert db.execute("SELECT message_id, status FROM mail_logs").fetchall() == [("<one@example.edu>", "delivered")]

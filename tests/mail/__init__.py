@@ -8,17 +8,23 @@ from listfilter.common.snapshot import CompiledList, ListRow
 
 STUDENTS = "students@lists.example.edu"
 #: The site settings a snapshot carries (listfilter.common.snapshot.SETTINGS), for tests that write one.
-SETTINGS = {"timezone": "America/Chicago", "sendmail": "/usr/sbin/sendmail", "notice_limit": "2"}
+SETTINGS = {"timezone": "America/Chicago", "sendmail": "/usr/sbin/sendmail", "notice_limit": "2",
+            "postfix_log": "/var/log/mail.log", "postqueue": "/usr/sbin/postqueue",
+            "authserv_id": "mx.lists.example.edu", "authenticated_trusted": "[]"}
 
 
 def compiled_list(address: str = STUDENTS, *, display_name: str = "CS 199 Students", subject_tag: str | None = None,
                   reply_to: str | None = None, description: str = "", owners=("prof@example.edu",),
                   posters_rule: str = "course instructor, ta", exclude_poster: bool = True,
-                  members=(), posters=()) -> CompiledList:
+                  title_case_subject: bool = True, dmarc: str = "off", dmarc_always=(),
+                  require_authenticated: bool = False, redirect_to: str | None = None, members=(),
+                  posters=()) -> CompiledList:
     """A list as sync compiles it, with its refusal notice rendered by sync's own code.
 
     ``members`` are (email, name) pairs or bare addresses; ``subject_tag``
-    defaults to the display name, as in the config.
+    defaults to the display name, as in the config. ``dmarc`` is ``"off"``
+    unless a test says otherwise (the config's default is munge): a snapshot
+    written here has no dmarc rows, which would munge every post.
     """
     from listfilter.sync.compiler import refusal_notices
 
@@ -29,7 +35,8 @@ def compiled_list(address: str = STUDENTS, *, display_name: str = "CS 199 Studen
         address=address, name=local, local_part=local, domain=domain, display_name=display_name,
         description=description, subject_tag=display_name if subject_tag is None else subject_tag,
         reply_to=reply_to, owners=tuple(owners), posters_rule=posters_rule, exclude_poster=exclude_poster,
-        notice=notice, notice_undated=undated,
+        title_case_subject=title_case_subject, dmarc=dmarc, dmarc_always=tuple(dmarc_always),
+        require_authenticated=require_authenticated, redirect_to=redirect_to, notice=notice, notice_undated=undated,
         members=tuple(sorted(pairs, key=lambda p: p[0].lower())), posters=tuple(sorted(p.lower() for p in posters)))
 
 
@@ -40,12 +47,12 @@ def list_row(address: str = STUDENTS, **fields) -> ListRow:
 
 
 def write_snapshot(path: Path, lists: list[CompiledList], *, spool: Path, sendmail: str | None = None,
-                   suppressed: dict[str, str] | None = None) -> Path:
+                   suppressed: dict[str, str] | None = None, dmarc=None) -> Path:
     """Install a snapshot at ``path`` holding ``lists``, as sync would."""
     from listfilter.common import snapshot
 
     settings = {**SETTINGS, "spool_dir": str(spool), **({"sendmail": sendmail} if sendmail else {})}
-    snapshot.write(path, lists, {**settings, "digest": "test"}, suppressed)
+    snapshot.write(path, lists, {**settings, "digest": "test"}, suppressed, dmarc=dmarc)
     return path
 
 

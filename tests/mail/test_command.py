@@ -142,3 +142,19 @@ def test_run_a_very_long_message_is_cut(logged, capsys):
     assert C.run(fail_with(Defer("x" * 2000)), [], "") == 75
     err = capsys.readouterr().err
     assert err.startswith("4.3.0 xxx") and len(err) == 501  # 500 characters and the newline
+
+
+def test_a_dry_run_logs_nothing_to_syslog(logged, capsys, monkeypatch):
+    """What a real run would log goes to stderr instead (an error's line once); syslog is never opened."""
+    opened = []
+    monkeypatch.setattr(C.syslog, "openlog", lambda *a, **k: opened.append(a))
+    assert C.run(lambda argv: "bounce for l@x received; nothing sent", [], "4ABC", dry_run=True) == 0
+    assert capsys.readouterr() == ("", "4ABC: bounce for l@x received; nothing sent\n")
+    assert C.run(fail_with(Defer("spool is full")), [], "4ABC", dry_run=True) == 75
+    assert capsys.readouterr() == ("", "4.3.0 spool is full; will retry\n")
+    assert C.run(fail_with(RuntimeError("boom")), [], "", dry_run=True) == 75
+    err = capsys.readouterr().err
+    assert "NOQUEUE: RuntimeError: boom\n" in err and err.endswith("4.3.0 internal error (RuntimeError: boom); will retry\n")
+    assert logged == [] and opened == []
+    C.run(lambda argv: "delivered", [], "4ABC")  # the next real run logs again
+    assert logged == [(C.syslog.LOG_INFO, "4ABC: delivered")] and opened

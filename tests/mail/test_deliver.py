@@ -69,11 +69,14 @@ def fake_sendmail(tmp_path: Path) -> tuple[Path, Path]:
 class Env:
     """docs/example synced into tmp_path, with the fake sendmail and a notice limit of 2."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, edit: tuple[str, str] | None = None):
         sendmail, self.calls = fake_sendmail(tmp_path)
         src = (REPO / "docs/example/lists.toml").read_text()
+        if edit:  # (text in the example, what replaces it)
+            assert src.count(edit[0]) == 1, edit
+            src = src.replace(*edit)
         src = src.replace('state_dir = "state"', f'state_dir = "{tmp_path / "state"}"\nsendmail = "{sendmail}"'
-                                                 '\nnotice_limit = 2')
+                                                 '\nnotice_limit = 2\ndmarc = "off"')  # no DNS from the sync below
         self.config = tmp_path / "lists.toml"
         self.config.write_text(src.replace('csv = "roster.csv"', f'csv = "{REPO / "docs/example/roster.csv"}"'))
         self.snapshot = tmp_path / "state" / "snapshot.sqlite"
@@ -150,14 +153,48 @@ def test_the_log_line_names_the_outcome_and_the_rule(env):
                     " message-id=<post-1@example.edu>, status=delivered (5 recipients) (rule accept)")
 
 
-def test_a_post_with_nobody_left_to_send_to(env):
-    # testing@ has one member, the instructor, who is also the poster (excluded)
-    post = POST.replace(b"Message-ID: <post-1", b"Message-ID: <alone")
-    line = env.log_line(post, recipient="testing@lists.example.edu")
-    assert line.endswith("status=delivered (0 recipients: nobody left to send to) (rule accept)")
+TESTING = "testing@lists.example.edu"
+ALONE = POST.replace(b"Message-ID: <post-1", b"Message-ID: <alone")
+#: testing@ with exclude_poster on: its one member, the instructor, is the poster.
+ONLY_THE_POSTER = ("nobody was sent a copy: the poster is the list's only member, and the list sends posters"
+                   " no copy (exclude_poster = true)")
+
+
+def test_the_testing_list_sends_its_poster_their_own_post(env):
+    # the example's testing@ has exclude_poster = false: its one member, who posts, gets the post
+    line = env.log_line(ALONE, recipient=TESTING)
+    assert line.endswith("status=delivered (1 recipient) (rule accept)"), line
+    [(argv, msg)] = env.sent()
+    assert argv[6:] == ["instructor@example.edu"]
+    assert b"Subject: [CS 199 Testing] " in msg
+    [event] = env.events()
+    assert event["recipients"] == ["instructor@example.edu"] and event["error_message"] == ""
+
+
+def test_a_post_with_nobody_left_to_send_to(tmp_path):
+    env = Env(tmp_path, edit=("exclude_poster = false", "exclude_poster = true"))
+    line = env.log_line(ALONE, recipient=TESTING)
+    assert line.endswith(f"status=delivered (0 recipients, {ONLY_THE_POSTER}) (rule accept)"), line
     assert env.sent() == []  # no sendmail call without recipients
     [event] = env.events()
     assert event["status"] == "delivered" and event["recipient_count"] == 0 and event["recipients"] == []
+    assert event["error_message"] == ONLY_THE_POSTER  # what the mail log and the admin page show
+    dry = env.deliver(ALONE.replace(b"<alone", b"<alone-dry"), TESTING, "instructor@example.edu", "--dry-run")
+    assert f"decision: delivered: would deliver to 0 recipients ({ONLY_THE_POSTER})\n" in dry.stdout.decode()
+
+
+def test_a_post_to_a_list_whose_members_are_all_suppressed(tmp_path):
+    sendmail, calls = fake_sendmail(tmp_path)
+    spool = tmp_path / "spool"
+    snapshot = write_snapshot(tmp_path / "snapshot.sqlite",
+                              [compiled_list(members=["gone@example.org"], posters=["prof@example.edu"])],
+                              spool=spool, sendmail=str(sendmail), suppressed={"gone@example.org": "bounces"})
+    post = b"From: prof@example.edu\nSubject: anyone\nMessage-ID: <sup@example.edu>\n\nhi\n"
+    argv = ["--snapshot", str(snapshot), "--sender", "prof@example.edu", "--recipient", STUDENTS]
+    line = D.deliver(D.parse(argv, D.OPTIONS, D.FLAGS), post)
+    assert line.endswith("status=delivered (0 recipients, nobody was sent a copy: the list's only member is"
+                         " suppressed after bounces) (rule accept)"), line
+    assert list(calls.iterdir()) == []
 
 
 def test_resubmission_is_a_duplicate_and_keeps_the_first_record(env):
@@ -225,8 +262,8 @@ def test_sendmail_failure_defers_then_delivers_once(env):
     assert line.startswith("4.3.0 sendmail failed after 0 of 5 recipients: ") and line.count("\n") == 1
     assert line.endswith("sendmail: fatal: simulated failure; will retry\n")
     [event] = env.events()
-    assert event["status"] == "failed" and "simulated failure" in event["error_message"]
-    assert event["error_message"].endswith("; Postfix will retry")
+    assert event["status"] == "deferred" and event["error_message"] == line.strip()  # what pipe(8) was told
+    assert event["subject"] == "hello there" and event["recipient_count"] == 0  # nobody has a copy yet
     (env.calls / "FAIL").unlink()
     assert env.deliver(POST).returncode == 0
     assert len(env.sent()) == 1
@@ -291,7 +328,7 @@ def test_more_than_5000_recipients_second_batch_fails_then_retry_sends_the_rest(
     progress = json.loads((spool / "sent" / f"{SP.delivery_key('<big@example.edu>', STUDENTS)}.json").read_text())
     assert progress["accepted"] == members[:5000] and progress["done"] is False
     [event] = [json.loads(p.read_text()) for p in (spool / "events").glob("*.json")]
-    assert event["status"] == "failed"
+    assert event["status"] == "deferred" and event["recipient_count"] == 5000  # the first batch went out
 
     (calls / "FAIL_AT").unlink()
     proc = subprocess.run(argv, input=post, capture_output=True, timeout=60)
@@ -424,11 +461,14 @@ def test_a_notice_that_cannot_be_sent_defers_and_gives_its_slot_back(env):
     proc = env.deliver(stranger, sender="alice@example.edu")
     assert proc.returncode == 75
     assert proc.stderr.decode().startswith("4.3.0 cannot send the refusal notice: ")
-    assert env.events() == []
+    [event] = env.events()
+    assert event["status"] == "deferred" and event["error_message"] == proc.stderr.decode().strip()
     (env.calls / "FAIL").unlink()
     for _ in range(2):  # both slots are still free
         assert env.deliver(stranger, sender="alice@example.edu").returncode == 0
     assert len(env.sent()) == 2
+    [event] = env.events()  # the outcome replaced the deferral
+    assert event["status"] == "bounced"
 
 
 def test_loop_is_discarded_and_not_sent_again(env):
@@ -463,7 +503,7 @@ def test_dry_run_prints_the_chain_and_sends_and_writes_nothing(env):
     proc = env.deliver(POST, STUDENTS, "instructor@example.edu", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.decode()
-    assert out.startswith("rule loop: pass\nrule duplicate: pass\nrule poster: pass\n"
+    assert out.startswith("rule loop: pass\nrule duplicate: pass\nrule poster: pass\nrule authenticated: pass\n"
                           "decision: delivered: would deliver to 5 recipients\nrecipients (5):\n")
     assert "  bob@example.edu\n" in out and "List-Id:" in out
     assert env.sent() == [] and not env.spool.exists()
@@ -478,6 +518,80 @@ def test_dry_run_of_a_refused_post(env):
     assert "rule poster: refuse: alice@example.edu is not allowed to post to students@lists.example.edu\n" in out
     assert "decision: bounced: " in out and "Auto-Submitted: auto-replied" in out
     assert env.sent() == [] and not env.spool.exists()
+
+
+def files_under(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def syslog_calls(monkeypatch):
+    """Every call of the syslog module, by any mail module (they all share it)."""
+    import syslog
+
+    calls = []
+    for name in ("openlog", "syslog", "closelog", "setlogmask"):
+        monkeypatch.setattr(syslog, name, lambda *a, name=name, **k: calls.append((name, a)))
+    return calls
+
+
+def dry_run_in_process(monkeypatch, capsysbinary, argv: list[str], message: bytes) -> tuple[int, bytes, bytes]:
+    """listfilter-deliver's main() with --dry-run, in this process (so that the syslog spy sees it)."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(message)))
+    code = D.main([*argv, "--dry-run"])
+    out, err = capsysbinary.readouterr()
+    return code, out, err
+
+
+REFUSED = POST.replace(b'"Jane Doe" <Instructor@example.edu>', b"alice@example.edu")
+
+
+@pytest.mark.parametrize("recipient, sender, message, code, shows", [
+    (STUDENTS, "instructor@example.edu", POST, 0, b"decision: delivered: would deliver to 5 recipients\n"),
+    (STUDENTS, "alice@example.edu", REFUSED, 0, b"decision: bounced: "),
+    ("students-owner@lists.example.edu", "alice@example.edu", POST, 0, b"decision: delivered: would forward"),
+    # these three would log a line each in a real run
+    ("students-bounces+alice=example.edu@lists.example.edu", "", POST, 0, b""),
+    ("nosuch@lists.example.edu", "alice@example.edu", POST, 67, b""),
+    (STUDENTS, "instructor@example.edu", b"", 0, b"decision: "),
+])
+def test_dry_run_writes_no_syslog_line_and_nothing_in_the_spool(env, monkeypatch, capsysbinary, syslog_calls,
+                                                                  recipient, sender, message, code, shows):
+    got, out, err = dry_run_in_process(monkeypatch, capsysbinary, env.argv(recipient, sender), message)
+    assert got == code, err
+    assert shows in out
+    assert syslog_calls == []
+    assert env.sent() == [] and not env.spool.exists()
+
+
+def test_dry_run_failures_go_to_stderr_not_syslog(env, monkeypatch, capsysbinary, syslog_calls):
+    env.snapshot.rename(env.snapshot.with_name("moved.sqlite"))
+    got, out, err = dry_run_in_process(monkeypatch, capsysbinary, env.argv(STUDENTS, "instructor@example.edu"), POST)
+    assert got == 75 and err.startswith(b"4.3.0 ") and err.count(b"\n") == 1, err
+    env.snapshot.with_name("moved.sqlite").rename(env.snapshot)
+    # a message the handling breaks on: its traceback goes to stderr in a dry run
+    monkeypatch.setattr(D.R, "decide", lambda facts: 1 / 0)
+    got, out, err = dry_run_in_process(monkeypatch, capsysbinary, env.argv(STUDENTS, "instructor@example.edu"), POST)
+    assert got == 0 and b"ZeroDivisionError" in err and b"decision: discarded: " in out
+    assert syslog_calls == []
+    assert env.sent() == [] and not env.spool.exists()
+
+
+def test_dry_run_of_a_delivered_post_changes_nothing_in_the_spool(env, monkeypatch, capsysbinary, syslog_calls):
+    assert env.deliver(POST).returncode == 0
+    bad = ALONE.replace(b"<alone", b"<broken-record")
+    assert env.deliver(bad).returncode == 0
+    [record] = [p for p in (env.spool / "sent").glob("*.json") if b"broken-record" in p.read_bytes()]
+    record.write_text("not json")  # a real run would set this aside
+    before = files_under(env.spool)
+    got, out, _ = dry_run_in_process(monkeypatch, capsysbinary, env.argv(STUDENTS, "instructor@example.edu"), POST)
+    assert got == 0 and b"decision: discarded: <post-1@example.edu> was already delivered" in out
+    got, out, _ = dry_run_in_process(monkeypatch, capsysbinary, env.argv(STUDENTS, "instructor@example.edu"), bad)
+    assert got == 0 and b"decision: delivered: " in out
+    assert files_under(env.spool) == before
+    assert syslog_calls == []
 
 
 @pytest.mark.parametrize("recipient", ["students-request@lists.example.edu", "students-owner@lists.example.edu"])

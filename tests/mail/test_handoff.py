@@ -316,7 +316,7 @@ def killing(tmp_path):
     import sqlite3
 
     with sqlite3.connect(snapshot) as db:
-        db.execute("INSERT INTO meta VALUES ('postfix_log', ?)", (str(log),))
+        db.execute("UPDATE meta SET value = ? WHERE key = 'postfix_log'", (str(log),))
     with Snapshot(snapshot) as snap:
         assert snap.settings()["postfix_log"] == str(log)
 

@@ -144,6 +144,15 @@ def test_subject_through_rewrite(subject_line, expected, nl):
         assert len(line) <= 78
 
 
+def test_a_list_without_title_case_keeps_the_subject_as_written():
+    headers = [h for h in BASIC if not h.startswith("Subject:")]
+    headers.insert(2, "Subject: Re: relay down test")
+    untitled = parse_out(rewrite(msg(*headers), list_row(title_case_subject=False), NOW))
+    assert untitled.get_all("Subject") == ["[CS 199 Students] 2026-01-22: Re: relay down test"]
+    titled = parse_out(rewrite(msg(*headers), LIST, NOW))
+    assert titled.get_all("Subject") == ["[CS 199 Students] 2026-01-22: Re: Relay Down Test"]
+
+
 LONG = ("an extremely long subject about the midterm exam room change and the "
         "new office hours schedule für alle Studierenden im Kurs, bitte lesen")
 

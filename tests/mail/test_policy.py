@@ -163,3 +163,12 @@ def test_new_snapshot_is_picked_up_mid_connection(env):
     finally:
         policy.stdin.close()
         policy.wait(timeout=10)
+
+
+def test_a_rejection_records_the_helo_name_when_postfix_sends_one():
+    _, event = P.decide(request(sender="stranger@example.org", helo_name="mx.example.org"), get_list, may_post)
+    assert (event.client_address, event.helo_name, event.envelope_sender) == (
+        "192.0.2.7", "mx.example.org", "stranger@example.org")
+    assert from_json(event.to_json()).helo_name == "mx.example.org"
+    _, event = P.decide(request(sender="stranger@example.org"), get_list, may_post)
+    assert event.helo_name == ""

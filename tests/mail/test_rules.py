@@ -62,7 +62,7 @@ def test_rules_are_pure():
 
 
 def test_chain_order_and_descriptions():
-    assert [rule.__name__ for rule, _ in R.CHAIN] == ["loop", "duplicate", "poster"]
+    assert [rule.__name__ for rule, _ in R.CHAIN] == ["loop", "duplicate", "poster", "authenticated"]
     assert all(isinstance(text, str) and text for _, text in R.CHAIN)
 
 
@@ -83,10 +83,10 @@ def test_decide_first_decision_wins(facts, rule, action):
     assert (decision.rule, decision.action) == (rule, action)
     # the trail holds every rule up to the one that decided, in order; only that one has a verdict
     names = [name for name, _ in trail]
-    assert names == ["loop", "duplicate", "poster"][:len(names)]
+    assert names == ["loop", "duplicate", "poster", "authenticated"][:len(names)]
     assert [verdict for _, verdict in trail[:-1]] == [None] * (len(trail) - 1)
     if action == R.ACCEPT:
-        assert names == ["loop", "duplicate", "poster"] and trail[-1][1] is None
+        assert names == ["loop", "duplicate", "poster", "authenticated"] and trail[-1][1] is None
         assert decision == R.Decision("accept", R.ACCEPT, "no rule stopped it")
     else:
         assert trail[-1] == (rule, decision)
@@ -138,6 +138,33 @@ def test_recipients_skip_suppressed_addresses():
     assert got == ["Prof@Example.edu", "staff@lists.example.edu", "carol@example.edu"]
 
 
+NOBODY = [
+    # (members, poster, exclude_poster, suppressed, why recipients() is empty)
+    ([], "prof@example.edu", True, (), "the list has no members"),
+    (["Prof@Example.edu"], "prof@example.edu", True, (),
+     "the poster is the list's only member, and the list sends posters no copy (exclude_poster = true)"),
+    (["gone@example.org"], "prof@example.edu", True, ("gone@example.org",),
+     "the list's only member is suppressed after bounces"),
+    (["a@example.org", "B@example.org"], None, True, ("a@example.org", "b@example.org"),
+     "all 2 members are suppressed after bounces"),
+    (["prof@example.edu", "a@example.org", "students-owner@lists.example.edu"], "prof@example.edu", True,
+     ("a@example.org",), "every member is left out: the poster (exclude_poster = true), 1 suppressed after bounces,"
+                         " 1 of the list's own addresses"),
+]
+
+
+@pytest.mark.parametrize("members,poster,exclude,suppressed,why", NOBODY)
+def test_why_nobody_was_left_to_send_to(members, poster, exclude, suppressed, why):
+    how = dict(poster=poster, exclude_poster=exclude, list_address=LIST.address, suppressed=frozenset(suppressed))
+    assert R.recipients(members, **how) == []  # each case really leaves nobody
+    assert R.nobody_reason(members, **how) == why
+
+
+def test_the_poster_as_the_only_member_gets_the_post_with_exclude_poster_off():
+    assert R.recipients(["Prof@Example.edu"], poster="prof@example.edu", exclude_poster=False,
+                        list_address=LIST.address) == ["Prof@Example.edu"]
+
+
 # ---------------------------------------------------------------- batches
 
 
@@ -157,3 +184,92 @@ def test_batches_respect_the_byte_limit():
     assert all(sum(len(a) + 1 for a in p) <= 230 for p in small)
     assert R.batches(["x" * 50], max_bytes=10) == [["x" * 50]]  # one address longer than the limit: alone
     assert R.batches([]) == []
+
+
+# ---------------------------------------------------------------- authenticated
+
+
+AUTH_ID = "mx.lists.example.edu"
+GUARDED = list_row(require_authenticated=True)
+
+
+def signed_post(*fields: str, from_address: str = "prof@example.edu", trusted=(), client: str = "",
+                row=GUARDED) -> R.Post:
+    """A post to a list with require_authenticated, carrying ``fields`` as Authentication-Results, top first."""
+    from listfilter.common.snapshot import Trusted
+
+    headers = b"".join(f"Authentication-Results: {f}\n".encode() for f in fields) + PLAIN
+    return R.Post(headers=parse_headers(headers), list_row=row, from_address=from_address, may_post=True,
+                  delivered_recently=False, message_id="<m1@example.edu>", authserv_id=AUTH_ID,
+                  trusted=tuple(Trusted(*t) for t in trusted), client_address=client)
+
+
+def test_authenticated_passes_on_our_dmarc_pass():
+    assert R.authenticated(signed_post(f"{AUTH_ID}; dmarc=pass (p=reject dis=none) header.from=example.edu",
+                                       f"{AUTH_ID}; dkim=pass header.d=example.edu")) is None
+    assert R.authenticated(signed_post(f"{AUTH_ID}; dmarc=pass header.from=example.edu",
+                                       from_address="Prof@EXAMPLE.edu")) is None
+
+
+def test_authenticated_only_guards_lists_that_ask():
+    assert R.authenticated(signed_post(row=LIST)) is None
+    assert R.authenticated(signed_post(from_address=None)) is None  # the poster rule refuses that one
+
+
+@pytest.mark.parametrize("fields,reason", [
+    ((), f"no Authentication-Results from {AUTH_ID}: nothing shows that the message comes from example.edu"),
+    (("other.example; dmarc=pass header.from=example.edu",),
+     f"no Authentication-Results from {AUTH_ID}: nothing shows that the message comes from example.edu"),
+    ((f"{AUTH_ID}; dmarc=fail (p=reject dis=none) header.from=example.edu",),
+     f"dmarc=fail for example.edu ({AUTH_ID}): it has no valid DKIM signature of example.edu, and it was not sent"
+     " from a server that example.edu's SPF record names"),
+    ((f"{AUTH_ID}; dmarc=none header.from=example.edu",),
+     f"dmarc=none for example.edu ({AUTH_ID}): example.edu publishes no DMARC record, so nothing can show the"
+     " message is from example.edu"),
+    ((f"{AUTH_ID}; dmarc=temperror header.from=example.edu",),
+     f"dmarc=temperror for example.edu ({AUTH_ID}): the check could not be completed (a DNS failure); send the"
+     " message again later"),
+    ((f"{AUTH_ID}; dmarc=permerror header.from=example.edu",),
+     f"dmarc=permerror for example.edu ({AUTH_ID}): example.edu's DMARC record cannot be read"),
+    ((f"{AUTH_ID}; dmarc=bestguesspass header.from=example.edu",),
+     f"dmarc=bestguesspass for example.edu ({AUTH_ID}): the message cannot be shown to come from example.edu"),
+    ((f"{AUTH_ID}; dmarc=pass header.from=other.example",),
+     f"the DMARC result from {AUTH_ID} is for other.example, not for example.edu"),
+    ((f"{AUTH_ID}; dmarc=pass (broken",),
+     f"the Authentication-Results from {AUTH_ID} cannot be read (unterminated comment at character 34):"
+     " nothing shows that the message comes from example.edu"),
+    # a forgery below the milters' own verdict
+    ((f"{AUTH_ID}; dmarc=fail header.from=example.edu", f"{AUTH_ID}; dmarc=pass header.from=example.edu"),
+     f"dmarc=fail for example.edu ({AUTH_ID}): it has no valid DKIM signature of example.edu, and it was not sent"
+     " from a server that example.edu's SPF record names"),
+])
+def test_authenticated_refuses_with_what_failed(fields, reason):
+    assert R.authenticated(signed_post(*fields)) == R.Decision("authenticated", R.REFUSE, reason)
+    from listfilter.mail.notices import FIELD_LIMIT
+
+    assert len(reason) <= FIELD_LIMIT  # the notice shows all of it
+
+
+def test_trusted_senders():
+    fail = f"{AUTH_ID}; dmarc=fail header.from=example.edu"
+    anywhere = [(("example.edu",), ())]
+    relay = [(("example.edu", "cs.example.edu"), ("192.0.2.0/28", "2001:db8::/32"))]
+    local = [(("example.edu",), ("local",))]
+    assert R.authenticated(signed_post(fail, trusted=anywhere)) is None
+    assert R.authenticated(signed_post(trusted=anywhere, client="203.0.113.9")) is None
+    assert R.authenticated(signed_post(fail, trusted=relay, client="192.0.2.14")) is None
+    assert R.authenticated(signed_post(fail, trusted=relay, client="2001:db8::25")) is None
+    assert R.authenticated(signed_post(fail, trusted=local)) is None  # sendmail on this host: no client address
+    for trusted, client in ((relay, "192.0.2.16"), (relay, ""), (relay, "not an address"), (local, "127.0.0.1"),
+                            ([(("other.example",), ())], "192.0.2.14"), (relay, "::ffff:192.0.2.300")):
+        decision = R.authenticated(signed_post(fail, trusted=trusted, client=client))
+        assert decision is not None and decision.rule == "authenticated", (trusted, client)
+    # a subdomain is not its parent
+    assert R.authenticated(signed_post(fail, from_address="x@cs.example.edu", trusted=anywhere)).action == R.REFUSE
+
+
+def test_authenticated_comes_after_poster_in_the_chain():
+    # a stranger is refused as a stranger, not as unauthenticated: the notice says who may post
+    p = signed_post()._replace(from_address="stranger@example.org", may_post=False)
+    assert R.decide(p)[0].rule == "poster"
+    assert R.decide(signed_post())[0].rule == "authenticated"

@@ -121,3 +121,47 @@ def test_a_tag_with_regex_characters_is_matched_literally():
     assert once == "[C++ (Lab) [2]] 2026-01-22: Re: Question"
     assert new_subject("Re: " + once, tag, DAY) == once
     assert new_subject("[C Lab 2] x", tag, DAY) == "[C++ (Lab) [2]] 2026-01-22: [C Lab 2] X"
+
+
+# --------------------------------------------------------------------------
+# title_case_subject = false: the text as written; tag, date, prefixes and spacing as ever
+
+UNTITLED = [
+    ("relay down test", "[CS 199 Students] 2026-01-22: relay down test"),
+    ("Re: [CS 199 Students] 2026-01-21: relay down test", "[CS 199 Students] 2026-01-22: Re: relay down test"),
+    ("FW: re:  the   iPhone\tnotes", "[CS 199 Students] 2026-01-22: Re: the iPhone notes"),
+    ("Notes On The Exam", "[CS 199 Students] 2026-01-22: Notes On The Exam"),
+    ("Re:", "[CS 199 Students] 2026-01-22: Re: (no subject)"),
+    (None, "[CS 199 Students] 2026-01-22: (no subject)"),
+]
+
+
+@pytest.mark.parametrize("old,expected", UNTITLED)
+def test_new_subject_without_title_case(old, expected):
+    assert new_subject(old, TAG, DAY, title=False) == expected
+
+
+def test_title_case_is_the_default():
+    assert new_subject("relay down test", TAG, DAY) == "[CS 199 Students] 2026-01-22: Relay Down Test"
+    assert new_subject("relay down test", TAG, DAY, title=True) == new_subject("relay down test", TAG, DAY)
+
+
+# The rules docs/config.md ("The Subject") gives, each example as it states it.
+DOCUMENTED = [
+    ("mail prof@example.edu about hw_3 and notes.pdf", "Mail prof@example.edu About hw_3 and notes.pdf"),
+    ("see e.g. version 3.5", "See e.g. Version 3.5"),
+    ("CS URGENT iPhone HW3", "CS URGENT iPhone HW3"),
+    ("Notes On The Exam", "Notes on the Exam"),
+    ("notes On A table", "Notes on A Table"),
+    ("notes THE end", "Notes THE End"),
+    ('"quoted (and', '"Quoted (and'),
+    ("3rd 試験 don't", "3rd 試験 Don't"),
+    ("notes on the exam: the answers", "Notes on the Exam: The Answers"),
+    ("— the end", "— The End"),
+    ("state-of-the-art e-mail", "State-of-the-Art E-Mail"),
+]
+
+
+@pytest.mark.parametrize("text,expected", DOCUMENTED)
+def test_title_case_as_documented(text, expected):
+    assert title_case(text) == expected

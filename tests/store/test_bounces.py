@@ -134,6 +134,7 @@ class Host:
     def write_config(self, store_toml: str, lists: str = COURSE_LISTS) -> None:
         self.config_path.write_text(f"""
 [site]
+dmarc = "off"  # no DMARC lookups: this test starts no DNS server (tests/conftest.py)
 timezone = "America/Chicago"
 state_dir = "{self.state}"
 sendmail = "{self.base / 'sendmail'}"
@@ -305,7 +306,7 @@ def test_migration_5_keeps_every_record_with_its_post_and_reason(tmp_path, store
         now = dt.datetime.now(dt.timezone.utc)
         s._execute("INSERT INTO bounce_records (id, list_address, day, received_at, queue_id, counted_at)"
                    " VALUES (?, ?, ?, ?, '', ?)", ("a" * 32, STUDENTS, B._day_param(s, D), s._ts(now), s._ts(now)))
-        assert [m.version for m in s.upgrade()] == [5]
+        assert [m.version for m in s.upgrade()] == list(range(5, MG.LATEST + 1))
         # a record counted before the upgrade stays counted
         assert s._q("SELECT member, message_id, counted, reason FROM bounce_records") == [("", "", s._bool(True), "")]
 
@@ -631,6 +632,24 @@ def test_a_notice_waits_until_the_installed_snapshot_suppresses_the_address(host
     assert submitted == []
 
 
+def test_the_owner_notice_goes_to_staging_while_the_valve_is_on(host, store, monkeypatch):
+    import listfilter.common.sendmail as SM
+
+    for r in (record("alice@example.edu", d) for d in days(0, 1, 2, 3, 4)):
+        counted(store, r)
+    submitted = []
+    monkeypatch.setattr(SM, "submit", lambda *a, **kw: submitted.append(a))
+    lists = [type("L", (), dict(address=STUDENTS, display_name="CS 199 Students", domain="lists.example.edu",
+                                owners=(OWNER,), redirect_to="staging@example.edu"))]
+    assert [n.address for n in B.send_owed(store, lists, "sendmail", {"alice@example.edu"}).sent] == [
+        "alice@example.edu"]
+    [(_, sender, recipients, message)] = submitted
+    assert (sender, recipients) == ("", ["staging@example.edu"])
+    parsed = email.message_from_bytes(message, policy=email.policy.default)
+    assert parsed["X-Listfilter-Redirected-Recipients"] == f"1 recipient: {OWNER}"
+    assert parsed["To"] == OWNER  # the notice as the owners would have had it
+
+
 def test_clear_lifts_the_suppression_and_drops_an_owed_notice(host, store):
     for r in (record("alice@example.edu", d) for d in days(0, 1, 2, 3, 4)):
         counted(store, r)
@@ -657,11 +676,11 @@ def test_forty_concurrent_bounces_at_the_threshold_send_one_notice(host):
     finish(host.bounce_processes("alice@example.edu", 40))
     assert len(SP.pending_bounces(host.spool)) == 40
     out = host.sync()
-    assert "bounces: 40 record(s) scored" in out.stdout
+    assert "bounces: 40 records scored" in out.stdout
     assert "alice@example.edu suppressed" in out.stdout
     # one post bounces once per member: the other 39 reports of it count for nothing
     assert out.stdout.count(f"a bounce of post {DSN_POST} for alice@example.edu was counted already") == 20
-    assert "bounces: 19 more record(s) not counted" in out.stdout
+    assert "bounces: 19 more records not counted" in out.stdout
     [(argv, notice)] = host.sent()
     assert argv == ["-G", "-i", "-f", "<>", "--", OWNER]  # the null sender: it cannot bounce back
     assert notice["Auto-Submitted"] == "auto-generated"
@@ -738,7 +757,7 @@ def test_a_bounce_counts_for_the_members_this_sync_compiled(tmp_path, store_toml
     spool_bounce(h, bob)
     spool_bounce(h, alice)
     out = h.sync()
-    assert "mail log: 2 event(s) logged (before scoring bounces)" in out.stdout
+    assert "mail log: 2 events logged (before scoring bounces)" in out.stdout
     assert (f"bounces: not counted for alice@example.edu on {STUDENTS} ({alice.id}):"
             f" alice@example.edu is not a member of {STUDENTS} now") in out.stdout
     with ST.open_store(h.config.store) as s:
@@ -794,7 +813,7 @@ def test_the_owner_notice_is_retried_after_sendmail_failed(host):
             in out.stderr) and "simulated outage" in out.stderr and "retried at the next sync" in out.stderr
     assert host.sent() == []
     shown = host.listfilter("bounces").stdout
-    assert "SUPPRESSED" in shown and "owners' notice owed, 1 failed attempt(s)" in shown
+    assert "SUPPRESSED" in shown and "owners' notice owed, 1 failed attempt" in shown
     host.sync()
     (host.outbox / "FAIL").unlink()
     out = host.sync()
@@ -822,8 +841,8 @@ def test_a_store_that_cannot_be_used_keeps_the_installed_suppressions(tmp_path):
     spool_bounce(h, record("bob@example.edu", today()))
     out = h.sync()
     assert "updated snapshot" in out.stdout
-    assert ("bounces not scored: the store" in out.stderr and "1 bounce record(s) wait in" in out.stderr
-            and "keeping the installed snapshot's 1 suppressed address(es)" in out.stderr)
+    assert ("bounces not scored: the store" in out.stderr and "1 bounce record waiting in" in out.stderr
+            and "keeping the installed snapshot's 1 suppressed address" in out.stderr)
     assert list(h.suppressed()) == ["alice@example.edu"]
     assert len(SP.pending_bounces(h.spool)) == 1  # bob's record waits for the store
     # the store is back: bob's record is scored, alice is still suppressed
@@ -886,3 +905,30 @@ def test_the_bounces_page_reads_the_store(host, store):
     assert 'class="badge failed">suppressed<' in found[0][1] and STUDENTS in found[0][1]
     assert "notice owed" in found[0][1] and "5 bounces, the last on" in found[0][1]
     assert "counting" in found[1][1] and ">2<" in found[1][1] and STAFF in found[1][1]
+    # the reports that did not count are on the page too, with their reason, escaped
+    assert 'id="none-uncounted"' in html
+    forged = record("alice@example.edu", D, message_ids=("<forged-<b>x</b>@evil.example>",))
+    assert B.count(store, forged).reason
+    html = client.get("/bounces").get_data(as_text=True)
+    rows = re.findall(r'<tr data-id="([^"]+)">(.*?)</tr>', html, re.S)
+    assert [i for i, _ in rows] == [forged.id]
+    assert "alice@example.edu" in rows[0][1] and "not a report of our mail" in rows[0][1]
+    assert "<b>" not in rows[0][1] and "&lt;b&gt;" in rows[0][1]
+
+
+def test_bounces_records_shows_what_did_not_count_and_why(host, store):
+    good = record("gone@example.edu", D, received_at=(NOW - dt.timedelta(hours=1)).isoformat())
+    assert counted(store, good).reason == ""
+    forged = record("alice@example.edu", D, message_ids=("<forged@evil.example>",))
+    assert B.count(store, forged).reason
+    lines = host.listfilter("bounces", "records").stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[1].endswith("\tcounted") and "gone@example.edu" in lines[1]  # newest first
+    assert "alice@example.edu\tNOT COUNTED: no post <forged@evil.example> was delivered" in lines[0]
+    only = json.loads(host.listfilter("bounces", "records", "--not-counted", "--json").stdout)
+    assert [(r["id"], r["member"], r["counted"]) for r in only] == [(forged.id, "alice@example.edu", False)]
+    assert "not a report of our mail" in only[0]["reason"]
+    old = record("old@example.edu", D, received_at=(NOW - dt.timedelta(days=9)).isoformat())
+    assert B.count(store, old).reason
+    assert len(json.loads(host.listfilter("bounces", "records", "--json").stdout)) == 2
+    assert len(json.loads(host.listfilter("bounces", "records", "--days", "10", "--json").stdout)) == 3

@@ -384,7 +384,6 @@ def test_store_settings_and_errors(tmp_path, make_config, monkeypatch):
     ('[store]\ndsn = "x"\npath = "y"\n', "store.path: only used with backend"),
     ('[store]\nbackend = "sqlite"\ndsn = "x"\n', "store.dsn: only used with backend"),
     ('[store]\nbodies = false\n', "store.bodies: unknown key"),
-    ('[web]\nadmins = ["x@example.edu"]\n', "web: no way in"),
     ('[web]\nproxy_header = "X-User"\n', "web.proxies: required with proxy_header"),
     ('[web]\nproxy_header = "X-User"\nproxies = ["10.0.0.0/33"]\n', "web.proxies[0]: '10.0.0.0/33' is not"),
     ('[web]\nproxy_header = "X User"\nproxies = ["10.0.0.1"]\n', "web.proxy_header: invalid value"),

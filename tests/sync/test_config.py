@@ -52,6 +52,7 @@ def test_defaults(tmp_path):
     assert lst.local_part == "testing"
     assert lst.display_name == "testing" and lst.subject_tag == "testing"
     assert lst.exclude_poster is True
+    assert lst.title_case_subject is True  # the customer's "Subject In Title Case"
     assert lst.owners == ("o@example.edu",)
     assert config.site.state_dir.as_posix() == "/var/lib/listfilter"
     assert config.site.snapshot_path.as_posix() == "/var/lib/listfilter/snapshot.sqlite"
@@ -95,6 +96,8 @@ ERRORS = [
     (MINIMAL + "display_name = 3\n", "lists.testing.display_name: expected a string, not an integer"),
     (MINIMAL + "colour = 'red'\n", "lists.testing.colour: unknown key"),
     (MINIMAL + "exclude_poster = 'yes'\n", "lists.testing.exclude_poster: expected true or false, not a string"),
+    (MINIMAL + "title_case_subject = 0\n", "lists.testing.title_case_subject: expected true or false, not an integer"),
+    (MINIMAL + "title_case = false\n", "lists.testing.title_case: unknown key"),
     (MINIMAL.replace("someone@example.edu\"] }", "someone@\"] }"),
      "lists.testing.members.emails[0]: malformed address 'someone@'"),
     (MINIMAL.replace('posters = ["someone@example.edu"]', 'posters = ["some one@example.edu"]'),
@@ -192,3 +195,110 @@ def test_config_from_environment(tmp_path):
     report = json.loads(ran.stdout)
     assert report["ok"] is True
     assert report["checks"][0]["detail"].startswith(str(path))
+
+
+def test_the_example_testing_list_reaches_its_poster():
+    # its one member is its one poster: with exclude_poster on, every test post would reach nobody
+    testing = C.load(EXAMPLE / "lists.toml").lists["testing"]
+    assert testing.member_emails == ("instructor@example.edu",)
+    assert testing.posters.emails == testing.member_emails
+    assert testing.exclude_poster is False
+    assert all(lst.exclude_poster for name, lst in C.load(EXAMPLE / "lists.toml").lists.items() if name != "testing")
+
+
+def test_title_case_subject_and_exclude_poster_per_list(tmp_path):
+    config = load_text(tmp_path, "[site]\nowners = ['o@example.edu']\n" + MINIMAL
+                       + "title_case_subject = false\nexclude_poster = false\n")
+    lst = config.lists["testing"]
+    assert lst.title_case_subject is False and lst.exclude_poster is False
+
+
+# ---------------------------------------------------------------- [site] relay
+
+RELAY_ERRORS = [
+    # (the value of site.relay, expected message)
+    ('"relay.example.edu:smtp"', "site.relay: 'relay.example.edu:smtp' is not host:port: 'smtp' is not a port number"),
+    ('"relay.example.edu:70000"', "site.relay: 'relay.example.edu:70000' is not host:port"),
+    ('"2001:db8::25"', "site.relay: '2001:db8::25': write an IPv6 address as [ipv6:2001:db8::1]:25"),
+    ('"[relay.example.edu"', "site.relay: '[relay.example.edu' is not host:port"),
+    ("25", 'site.relay: expected "host:port" or a table, not an integer'),
+    ("{ port = 587 }", "site.relay.host: '' is not a host name or address"),
+    ('{ host = "smtp.example.net:587" }',
+     "site.relay.host: 'smtp.example.net:587' is not a host name or address (the port goes in site.relay.port)"),
+    ('{ host = "smtp.example.net", tls = "ssl" }', "site.relay.tls: 'ssl' is not one of: may, starttls, implicit"),
+    ('{ host = "smtp.example.net", tls = "starttls", port = 0 }', "site.relay.port: must be at least 1"),
+    ('{ host = "smtp.example.net", tls = "starttls", password = "x" }', "site.relay.password: unknown key"),
+    ('{ host = "smtp.example.net", username = "u" }',
+     'site.relay.username: a login needs tls = "starttls" or "implicit": with "may" the password could cross'),
+    ('{ host = "smtp.example.net", verify = true }', 'site.relay.verify: needs tls = "starttls" or "implicit"'),
+    ('{ host = "smtp.example.net", tls = "starttls", verify = false, ca_file = "ca.pem" }',
+     "site.relay.ca_file: only used with verify = true"),
+    ('{ host = "smtp.example.net", tls = "starttls", username = "a:b" }', "site.relay.username: 'a:b': a login has no colon"),
+    ('{ host = "smtp.example.net", tls = "starttls", password_file = "/etc/p" }',
+     "site.relay.password_file: only used with username"),
+    ('{ host = "smtp.example.net", tls = "starttls", username = "u", password_env = "1X" }',
+     "site.relay.password_env: invalid value '1X'"),
+]
+
+
+@pytest.mark.parametrize("relay, expected", RELAY_ERRORS)
+def test_relay_errors_name_the_field(tmp_path, relay, expected):
+    with pytest.raises(C.ConfigError) as info:
+        load_text(tmp_path, f"[site]\nrelay = {relay}\nowners = ['o@example.edu']\n" + MINIMAL)
+    assert expected in str(info.value)
+    assert str(info.value).startswith(str(tmp_path / "lists.toml"))
+
+
+def test_relay_forms(tmp_path):
+    def relay(text: str) -> C.Relay | None:
+        return load_text(tmp_path, f"[site]\nowners = ['o@example.edu']\n{text}\n" + MINIMAL).site.relay
+
+    assert relay("") is None
+    assert relay('relay = "outbound-relays.example.edu:25"') == C.Relay("outbound-relays.example.edu", 25)
+    assert relay('relay = "[relay.example.edu]"').address == "relay.example.edu"
+    login = relay('[site.relay]\nhost = "smtp.example.net"\ntls = "starttls"\nusername = "lists@example.edu"'
+                  '\npassword_file = "secret/relay"')
+    assert login == C.Relay(host="smtp.example.net", port=587, tls="starttls", verify=True,
+                            ca_file=Path("/etc/ssl/certs/ca-certificates.crt"), username="lists@example.edu",
+                            password_file=tmp_path / "secret" / "relay")
+    assert login.address == "smtp.example.net:587"
+    assert relay('relay = { host = "smtp.example.net", tls = "implicit", verify = false }') == C.Relay(
+        host="smtp.example.net", port=465, tls="implicit", verify=False)
+
+
+def test_relay_password_from_the_environment_or_a_private_file(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.delenv("LISTFILTER_RELAY_PASSWORD", raising=False)
+    secret = tmp_path / "relay-password"
+    relay = C.Relay("smtp.example.net", 587, "starttls", True, None, "u", password_file=secret)
+
+    def refused() -> str:
+        with pytest.raises(C.ConfigError) as info:
+            relay.resolved_password()
+        assert info.value.where == "site.relay.password_file"
+        return info.value.message
+
+    assert refused() == (f"{secret} does not exist: put the relay password there (root's, mode 0600),"
+                         " or set $LISTFILTER_RELAY_PASSWORD")
+    secret.write_text("pa:ss word#1\n")
+    for mode in (0o644, 0o640, 0o604, 0o620):
+        secret.chmod(mode)
+        assert refused() == (f"{secret} is mode {mode:04o}: others than its owner may read or change the relay"
+                             f" password; `chmod 600 {secret}`")
+    secret.chmod(0o600)
+    assert relay.resolved_password() == "pa:ss word#1" and relay.password_source() == str(secret)
+    secret.chmod(0o400)
+    assert relay.resolved_password() == "pa:ss word#1"
+    if os.geteuid() == 0:
+        os.chown(secret, 12345, -1)
+        assert refused() == f"{secret} belongs to uid 12345, not root; `chown root {secret}`"
+        os.chown(secret, 0, -1)
+    for text, why in (("", "is empty"), ("a\nb\n", "holds more than one line"), ("trailing \n", "ends in white space")):
+        secret.chmod(0o600)
+        secret.write_text(text)
+        assert why in refused()
+    # the environment first: the file is not even opened
+    monkeypatch.setenv("LISTFILTER_RELAY_PASSWORD", "from-env")
+    secret.chmod(0o666)
+    assert relay.resolved_password() == "from-env" and relay.password_source() == "$LISTFILTER_RELAY_PASSWORD"
