@@ -41,6 +41,9 @@ X-Confirm-Reading-To
 Errors-To                        removed    Obsolete; some MTAs still send bounces there,
                                             which would send members' bounces to the poster
                                             instead of the list's bounce address.
+X-Listfilter-Redirected-         removed    Only the staging valve (``redirect_all_to``) writes
+Recipients                                  it, naming a post's real recipients; a poster's
+                                            own would tell members a made-up story.
 Date, Message-ID                 added      when the post has none (or an empty Message-ID):
                                             ``sendmail -G`` makes Postfix add neither, and the
                                             Message-ID is what traces the copies.
@@ -106,6 +109,7 @@ from email.headerregistry import Address
 from email.utils import format_datetime
 
 from ..common.addresses import list_id, owner_address, request_address
+from ..common.staging import REDIRECT_HEADER
 from .message import Field, Headers, all_texts, fold_tokens, header_text, make_field, make_policy, phrase_tokens
 from .subject import new_subject
 
@@ -119,6 +123,7 @@ REMOVED_HEADERS = (
     "X-Confirm-Reading-To",
     "Errors-To",
     "Precedence",
+    REDIRECT_HEADER,  # only the staging valve writes it: never the poster's
 )
 #: RFC 5322 allows one of each: the first is kept, any other is dropped.
 SINGLE_HEADERS = ("Date", "Message-ID", "Sender", "In-Reply-To", "References", "Cc", "Reply-To")

@@ -241,6 +241,7 @@ REMOVED = [
     "Return-Receipt-To: prof@example.edu",
     "X-Confirm-Reading-To: prof@example.edu",
     "Errors-To: prof@example.edu",
+    "X-Listfilter-Redirected-Recipients: 2 recipients: dean@example.edu, provost@example.edu",
     "Precedence: bulk",
     "List-Id: Other list <other.lists.example.org>",
     "List-Unsubscribe: <mailto:other-leave@lists.example.org>",
@@ -395,7 +396,8 @@ def test_headers_come_out_lf_whatever_the_input():
 def test_removed_headers_table():
     # every row of the docstring's table that says "removed", besides List-*
     assert set(REMOVED_HEADERS) == {"Return-Path", "Delivered-To", "X-Original-To", "Disposition-Notification-To",
-                                    "Return-Receipt-To", "X-Confirm-Reading-To", "Errors-To", "Precedence"}
+                                    "Return-Receipt-To", "X-Confirm-Reading-To", "Errors-To", "Precedence",
+                                    "X-Listfilter-Redirected-Recipients"}
     assert LOOP_HEADER == "X-Listfilter-Loop"
 
 
