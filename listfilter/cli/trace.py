@@ -27,6 +27,7 @@ import click
 
 from ..common.addresses import parse_recipient
 from ..common.events import post_key, stable_id
+from ..common.paths import service_uid
 from ..sync.postfixlog import LogLine, parse_line, reinjected
 from . import cli, fail, load_config
 
@@ -437,18 +438,6 @@ def _entries_for(config, message_id: str, trace_lines: list[LogLine]) -> dict[st
     return out
 
 
-def _listfilter_uid() -> int | None:
-    """The uid the mail side runs as (master.cf's ``user=``), whose submissions are the copies."""
-    import pwd
-
-    from ..common.paths import SERVICE_USER
-
-    try:
-        return pwd.getpwnam(SERVICE_USER).pw_uid
-    except KeyError:
-        return None
-
-
 @cli.command("trace")
 @click.argument("what", metavar="MESSAGE-ID|QUEUE-ID|EVENT-ID")
 @click.option("--json", "as_json", is_flag=True, help="Print the account as JSON (the same facts).")
@@ -513,7 +502,7 @@ def trace_cmd(ctx, what, as_json, since, logs):
     if not lines:
         fail(f"{what}: not found in {', '.join(map(str, paths))}" + (f" since {since}" if since else ""))
     trace = build(message_id, lines, _entries_for(config, message_id, lines), only_list=only_list,
-                  uid=_listfilter_uid())
+                  uid=service_uid())
     trace["query"] = {"text": what, "kind": classify(what) if entry is None else "event-id"}
     _emit(trace, as_json, tz)
 

@@ -17,3 +17,13 @@ SERVICE_USER = "listfilter"
 def config_path(explicit: str | os.PathLike | None = None) -> Path:
     """--config, else $LISTFILTER_CONFIG, else /etc/listfilter/lists.toml."""
     return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def service_uid() -> int | None:
+    """The uid of :data:`SERVICE_USER`, whose submissions through sendmail are the lists' copies; None if no such user."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(SERVICE_USER).pw_uid
+    except KeyError:
+        return None

@@ -40,19 +40,17 @@ import datetime as dt
 import fcntl
 import json
 import os
-import pwd
 import time
-import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.addresses import bounces_address
 from ..common.atomic import write_bytes
-from ..common.paths import SERVICE_USER
+from ..common.paths import service_uid
 from ..common.words import plural
 from ..store.migrations import DELIVERY_STATUSES
 from .config import Config
-from .postfixlog import LogLine, LogReader
+from .postfixlog import LogLine, LogReader, local_zone
 
 #: The follower's state in ``<state_dir>/maillog/``: where it stopped, and the copies still open.
 POSITION_NAME = "log-position.json"
@@ -77,26 +75,6 @@ STARTS = ("pickup", "smtpd", "qmqpd")
 
 def position_path(config: Config) -> Path:
     return config.site.state_dir / "maillog" / POSITION_NAME
-
-
-def local_zone() -> dt.tzinfo:
-    """The zone of a log line that names none: syslog and postlogd write the host's local time."""
-    name = os.environ.get("TZ", "").lstrip(":")
-    try:
-        if name:
-            return zoneinfo.ZoneInfo(name)
-        with open("/etc/localtime", "rb") as fh:
-            return zoneinfo.ZoneInfo.from_file(fh)
-    except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
-        return dt.timezone.utc
-
-
-def service_uid() -> int | None:
-    """The uid ``deliver`` runs as (master.cf's user=listfilter); None (any) if there is no such user."""
-    try:
-        return pwd.getpwnam(SERVICE_USER).pw_uid
-    except KeyError:
-        return None
 
 
 @dataclass

@@ -139,6 +139,20 @@ def _micro(digits: str | None) -> int:
     return int((digits or "0")[:6].ljust(6, "0"))
 
 
+def local_zone() -> dt.tzinfo:
+    """The zone of a log line that names none: syslog and postlogd write the host's local time."""
+    import zoneinfo
+
+    name = os.environ.get("TZ", "").lstrip(":")
+    try:
+        if name:
+            return zoneinfo.ZoneInfo(name)
+        with open("/etc/localtime", "rb") as fh:
+            return zoneinfo.ZoneInfo.from_file(fh)
+    except (OSError, ValueError, zoneinfo.ZoneInfoNotFoundError):
+        return dt.timezone.utc
+
+
 def _zone(text: str) -> dt.tzinfo:
     if text == "Z":
         return dt.timezone.utc
