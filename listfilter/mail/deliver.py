@@ -216,7 +216,7 @@ class Job:
             if progress.set_aside:
                 import syslog
 
-                syslog.syslog(syslog.LOG_WARNING, f"{self.queue_id or 'NOQUEUE'}: {progress.set_aside}")
+                log(syslog.LOG_WARNING, f"{self.queue_id or 'NOQUEUE'}: {progress.set_aside}")
             return self._decide_and_act(progress, from_addr)
 
     def _decide_and_act(self, progress: SP.Delivery, from_addr: str | None) -> str:

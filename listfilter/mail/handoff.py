@@ -234,4 +234,6 @@ def lines(files: list[tuple[Path, int]]):
 def _note(queue_id: str, text: str) -> None:
     import syslog
 
-    syslog.syslog(syslog.LOG_NOTICE, f"{queue_id or 'NOQUEUE'}: {text}")
+    from .command import log  # the one place that decides where the mail side's lines go
+
+    log(syslog.LOG_NOTICE, f"{queue_id or 'NOQUEUE'}: {text}")
