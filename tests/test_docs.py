@@ -79,3 +79,10 @@ def test_the_doc_documents_no_command_that_is_gone():
 def test_relative_links_resolve(doc: Path):
     for target in re.findall(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)", doc.read_text()):
         assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "docs" / "example").glob("*.toml")), ids=lambda p: p.name)
+def test_every_bundled_example_config_loads(example: Path):
+    from listfilter.sync import config as C
+
+    assert C.load(example).lists

@@ -11,7 +11,8 @@ use the same forms):
 ``students-request@…``                          help and commands, to the owners
 ==============================================  ====================================
 
-``-join`` and ``-leave`` are reserved for opt-in lists. The RFC 2919 List-Id
+An opt-in list also owns ``students-join@…`` and ``students-leave@…`` (a
+request to join or leave, confirmed by a reply; :mod:`listfilter.mail.requests`). The RFC 2919 List-Id
 is ``students.lists.example.edu``. Both sides use this module: the sync side
 for the config's checks and the Postfix maps, the mail side to tell which of
 a list's addresses a message came to. Standard library only.
@@ -23,8 +24,10 @@ from collections import namedtuple
 
 #: The suffixes of a list's service addresses, in the order the maps list them.
 SERVICE_SUFFIXES = ("bounces", "owner", "request")
-#: Suffixes no list name may end in: the service addresses and those kept for opt-in lists.
-RESERVED_SUFFIXES = SERVICE_SUFFIXES + ("join", "leave")
+#: The suffixes only an opt-in list has.
+OPTIN_SUFFIXES = ("join", "leave")
+#: Suffixes no list name may end in: the service addresses and those of opt-in lists.
+RESERVED_SUFFIXES = SERVICE_SUFFIXES + OPTIN_SUFFIXES
 #: The delimiter Postfix's recipient_delimiter is set to (main.cf).
 DELIMITER = "+"
 
@@ -35,10 +38,11 @@ def service_address(list_address: str, kind: str) -> str:
     return list_address if kind == "post" else f"{local}-{kind}@{domain}"
 
 
-def service_addresses(local_part: str, domain: str) -> list[str]:
-    """The list address and its -bounces, -owner and -request addresses."""
+def service_addresses(local_part: str, domain: str, optin: bool = False) -> list[str]:
+    """The list address and its -bounces, -owner and -request addresses (and -join, -leave when opt-in)."""
     address = f"{local_part}@{domain}"
-    return [address] + [service_address(address, s) for s in SERVICE_SUFFIXES]
+    suffixes = RESERVED_SUFFIXES if optin else SERVICE_SUFFIXES
+    return [address] + [service_address(address, s) for s in suffixes]
 
 
 def bounces_address(list_address: str) -> str:
@@ -60,7 +64,7 @@ def list_id(list_address: str) -> str:
 
 
 #: What a recipient names: the list's lower-case address, which of its
-#: addresses ("post", "bounces", "owner" or "request"), and the part after
+#: addresses ("post", "bounces", "owner", "request", "join" or "leave"), and the part after
 #: "+" (VERP data for -bounces), or "".
 Target = namedtuple("Target", "list_address kind extension")
 
@@ -77,7 +81,7 @@ def parse_recipient(recipient: str) -> Target | None:
     local, _, extension = local.partition(DELIMITER)
     local = local.lower()
     kind = "post"
-    for suffix in SERVICE_SUFFIXES:
+    for suffix in RESERVED_SUFFIXES:
         if local.endswith("-" + suffix):
             local, kind = local[: -len(suffix) - 1], suffix
             break

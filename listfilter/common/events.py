@@ -36,7 +36,7 @@ import re
 from collections import namedtuple
 
 #: In the order the store's PostgreSQL enum has them (each migration appends).
-STATUSES = ("delivered", "bounced", "rejected", "failed", "discarded", "deferred")
+STATUSES = ("delivered", "bounced", "rejected", "failed", "discarded", "deferred", "held")
 #: Statuses that say "not finished": a later outcome of the same (message, list)
 #: replaces them, and they never replace an outcome (listfilter.store.database.Store.upsert).
 TEMPORARY = ("deferred", "failed")
@@ -51,6 +51,8 @@ MEANINGS = {
                 " the retry's outcome replaces this row",
     "discarded": "stopped on purpose, not sent: a mail loop, or a message that cannot be handled",
     "failed": "sendmail failed (written by older versions; now deferred)",
+    "held": "kept for the list's owners to approve or discard (moderation); the poster was told (or why not);"
+            " an approved post's delivery replaces this row",
 }
 
 FIELDS = ("id", "status", "list_address", "created_at", "rule", "list_display_name", "sender_email",
@@ -259,3 +261,58 @@ def bounce_from_json(raw: bytes) -> BounceRecord:
         if i and i not in kept:
             kept.append(i)
     return BounceRecord(id=ident.lower(), **fields, **lists, message_ids=tuple(kept[:MESSAGE_IDS_MAX]))
+
+
+# --------------------------------------------------------------------------
+# Requests: what a reply or a link asked to change, for sync to apply
+
+
+#: What a request asks. ``join``, ``leave``: a confirmed join or leave of an opt-in list
+#: (``leave`` also from a one-click link); ``pending``: a confirmed join that waits for an
+#: owner; ``admit``, ``deny``: an owner's answer to it; ``approve``, ``discard``: an owner's
+#: decision on a held post (``subject`` is then the held post's id).
+REQUEST_ACTIONS = ("join", "leave", "pending", "admit", "deny", "approve", "discard")
+#: How it came: a reply by mail, the one-click link (RFC 8058), or the admin page.
+REQUEST_VIA = ("mail", "one-click", "web")
+REQUEST_FIELDS = ("id", "at", "action", "list_address", "subject", "name", "by", "via")
+
+
+class Request(namedtuple("Request", REQUEST_FIELDS, defaults=("", "", "mail"))):
+    """One change asked for on the mail side (or by the one-click link), applied by sync.
+
+    ``subject`` is the address joining or leaving, or the held post's id;
+    ``name`` the joiner's display name; ``by`` who asked (the address the
+    confirmation came from, or the owner who decided). The token that
+    carried it was checked before the record was written; sync checks the
+    record again against the list (it may have stopped being opt-in).
+    """
+
+    __slots__ = ()
+
+    def to_json(self) -> bytes:
+        return json.dumps(self._asdict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+
+
+def request_from_json(raw: bytes) -> Request:
+    """Validate one request record; raise BadEvent."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadEvent(f"not a JSON request record: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadEvent(f"expected a JSON object, not {type(data).__name__}")
+    ident = data.get("id")
+    if not isinstance(ident, str) or not _ID.match(ident.lower()):
+        raise BadEvent(f"id: not a record id: {ident!r:.80}")
+    fields = {name: _text(data, name, 320) for name in ("at", "action", "list_address", "subject", "name", "by", "via")}
+    if fields["action"] not in REQUEST_ACTIONS:
+        raise BadEvent(f"action: not one of {', '.join(REQUEST_ACTIONS)}: {fields['action']!r:.40}")
+    if fields["via"] not in REQUEST_VIA:
+        raise BadEvent(f"via: not one of {', '.join(REQUEST_VIA)}: {fields['via']!r:.40}")
+    if "@" not in fields["list_address"] or not fields["subject"]:
+        raise BadEvent("list_address/subject: missing")
+    try:
+        dt.datetime.fromisoformat(fields["at"])
+    except ValueError:
+        raise BadEvent(f"at: not ISO 8601: {fields['at']!r:.40}") from None
+    return Request(id=ident.lower(), **fields)

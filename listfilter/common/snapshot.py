@@ -11,14 +11,21 @@ Tables (``sqlite3 snapshot.sqlite .dump`` reads them):
 - ``meta(key, value)``: format, digest, generated_at, config path, and the
   site settings the mail side needs (:data:`SETTINGS`);
 - ``lists``: one row per list address, columns :data:`LIST_COLUMNS`;
-- ``members(list, email, name)``: who receives;
+- ``members(list, email, name, source)``: who receives, and why (:data:`SOURCES`);
 - ``posters(list, email)``: who may post (explicit, role-derived and, when
   the list lets members post, every member), lower-cased;
 - ``suppressed(email, reason)``: addresses no list sends to (bounce scoring
   on the sync side decides them);
 - ``dmarc(domain, policy, status, expires_at, detail)``: the DMARC policy of
   every domain that can post to a list with ``dmarc`` not ``off``, looked up
-  by sync (:mod:`listfilter.sync.dmarc`), columns :data:`DMARC_COLUMNS`.
+  by sync (:mod:`listfilter.sync.dmarc`), columns :data:`DMARC_COLUMNS`;
+- ``eligible(list, email)``: who may join an opt-in list whose ``join_rule`` is
+  not ``anyone`` (lower-cased);
+- ``texts(list, kind, text)``: the messages the mail side sends for a list
+  (:data:`TEXT_KINDS`), rendered by sync with the per-message fields left as
+  markers (:func:`fill_notice`);
+- ``approved(list, held_id, post_key)``: held posts an owner approved, which
+  sync is releasing; the mail side lets exactly these through once.
 """
 
 from __future__ import annotations
@@ -34,18 +41,21 @@ from .words import plural
 
 #: Bumped whenever a table or column changes: a reader refuses a snapshot of
 #: another format (the mail side defers, exit 75) until sync writes a new one.
-FORMAT = "6"
+FORMAT = "7"
 
 #: What the mail side needs from [site], carried in the meta table. ``authserv_id`` is
 #: this host's (whose Authentication-Results count); ``authenticated_trusted`` is
 #: :func:`encode_trusted`'s JSON.
 SETTINGS = ("timezone", "spool_dir", "sendmail", "notice_limit", "postfix_log", "postqueue",
-            "authserv_id", "authenticated_trusted")
+            "authserv_id", "authenticated_trusted", "token_key", "confirm_days")
 
 #: The lists table: (column, SQL type). ``owners`` and ``dmarc_always`` are JSON arrays;
 #: ``exclude_poster``, ``title_case_subject`` and ``require_authenticated`` are 0 or 1 (the list config's fields).
 #: ``redirect_to`` is the staging valve (``redirect_all_to`` of the list's domain or of [site]): when set,
-#: every copy for the list goes only there; NULL when off.
+#: every copy for the list goes only there; NULL when off. ``optin`` and ``join_approval`` are 0 or 1;
+#: ``join_rule`` says who may join in words ("anyone": no eligible rows; "" for a list that is not
+#: opt-in); ``non_member_posts`` and ``non_poster_posts`` are "refuse" or "hold"; ``unsubscribe_url``
+#: is the one-click link's base (``[web] url`` + ``/unsubscribe``), "" when there is none.
 LIST_COLUMNS = (
     ("address", "TEXT PRIMARY KEY"),
     ("name", "TEXT NOT NULL"),
@@ -65,6 +75,13 @@ LIST_COLUMNS = (
     ("dmarc_always", "TEXT NOT NULL"),
     ("require_authenticated", "INTEGER NOT NULL"),
     ("redirect_to", "TEXT"),
+    ("optin", "INTEGER NOT NULL"),
+    ("join_rule", "TEXT NOT NULL"),
+    ("join_approval", "INTEGER NOT NULL"),
+    ("non_member_posts", "TEXT NOT NULL"),
+    ("non_poster_posts", "TEXT NOT NULL"),
+    ("hold_days", "INTEGER NOT NULL"),
+    ("unsubscribe_url", "TEXT NOT NULL"),
     ("member_count", "INTEGER NOT NULL"),
 )
 _NAMES = tuple(name for name, _ in LIST_COLUMNS)
@@ -75,8 +92,24 @@ _NAMES = tuple(name for name, _ in LIST_COLUMNS)
 ListRow = namedtuple("ListRow", _NAMES)
 
 #: One list as sync compiles it: the row (without the count) plus its members
-#: ((email, name) pairs, sorted by lower-cased email) and posters (lower-cased, sorted).
-CompiledList = namedtuple("CompiledList", _NAMES[:-1] + ("members", "posters"))
+#: ((email, name) pairs, sorted by lower-cased email) and posters (lower-cased, sorted);
+#: ``sources`` maps the lower-cased address of each member who is not the roster's to its
+#: source (:data:`SOURCES`), ``eligible`` who may join (lower-cased, sorted), ``texts`` the
+#: list's messages ({kind: text}, :data:`TEXT_KINDS`).
+CompiledList = namedtuple("CompiledList", _NAMES[:-1] + ("members", "posters", "sources", "eligible", "texts"),
+                          defaults=(False, "", False, "refuse", "refuse", 14, "", (), (), {}, (), {}))
+
+#: Where a member comes from: the roster's query, the config's ``emails``, ``listfilter members add``
+#: (or the admin page), or a confirmed join of an opt-in list.
+SOURCES = ("roster", "config", "extra", "joined")
+
+#: The messages the mail side sends, one text per list and kind (rendered by sync from
+#: ``templates/messages/<kind>.txt.j2``): a join or leave request's confirmation, what the
+#: sender is told when they may not join or are not a member, a confirmed join that waits for
+#: an owner, the owners' request to decide it, a held post's notice to its poster and to the
+#: owners, and the answer to a request the list cannot read.
+TEXT_KINDS = ("join-confirm", "leave-confirm", "join-refused", "leave-not-member", "join-pending",
+              "join-admit", "held-poster", "held-owners", "request-help")
 
 #: The dmarc table: one row per domain. ``policy`` is the one receivers apply
 #: (none, quarantine, reject; NULL without a record or when the lookup failed),
@@ -123,6 +156,9 @@ def decode_trusted(text: str) -> tuple[Trusted, ...]:
 
 #: The refusal notice's per-message fields, which sync leaves as markers.
 NOTICE_FIELDS = ("poster", "original_subject", "original_date", "reason")
+#: The per-message fields of :data:`TEXT_KINDS`: who asked (``address``), the token that
+#: confirms and the address a reply goes to, when it expires, and the held post's id.
+TEXT_FIELDS = NOTICE_FIELDS + ("address", "token", "reply_address", "expires", "held_id")
 
 
 def notice_marker(field: str) -> str:
@@ -135,7 +171,7 @@ def fill_notice(text: str, **values: str) -> str:
     that itself looks like a marker stays as it is)."""
     import re
 
-    return re.sub("\ufdd0(" + "|".join(NOTICE_FIELDS) + ")\ufdd1", lambda m: values.get(m.group(1), ""), text)
+    return re.sub("\ufdd0(" + "|".join(TEXT_FIELDS) + ")\ufdd1", lambda m: values.get(m.group(1), ""), text)
 
 
 def summary_line(address: str, members: int, posters: int, rule: str) -> str:
@@ -201,6 +237,35 @@ class Snapshot:
         return self._q("SELECT email, name FROM members WHERE list = ? ORDER BY email COLLATE NOCASE",
                        (address.lower(),))
 
+    def members_with_sources(self, address: str) -> list[tuple[str, str, str]]:
+        """(email, name, source) of every member (:data:`SOURCES`)."""
+        return self._q("SELECT email, name, source FROM members WHERE list = ? ORDER BY email COLLATE NOCASE",
+                       (address.lower(),))
+
+    def member(self, address: str, email: str) -> tuple[str, str, str] | None:
+        """(email, name, source) of one member (compared case-insensitively), or None."""
+        rows = self._q("SELECT email, name, source FROM members WHERE list = ? AND email = ? COLLATE NOCASE",
+                       (address.lower(), email))
+        return rows[0] if rows else None
+
+    def may_join(self, row: "ListRow", email: str) -> bool:
+        """Whether ``email`` may join the opt-in list ``row`` (its join_rule, and the eligible table)."""
+        if not row.optin:
+            return False
+        if row.join_rule == "anyone":
+            return True
+        return bool(self._q("SELECT 1 FROM eligible WHERE list = ? AND email = ?", (row.address, email.lower())))
+
+    def text(self, address: str, kind: str) -> str | None:
+        """One of the list's messages (:data:`TEXT_KINDS`), markers and all; None if sync rendered none."""
+        rows = self._q("SELECT text FROM texts WHERE list = ? AND kind = ?", (address.lower(), kind))
+        return rows[0][0] if rows else None
+
+    def approved(self, address: str, held_id: str) -> str | None:
+        """The post key of a held post approved for the list, or None (not approved, or released long ago)."""
+        rows = self._q("SELECT post_key FROM approved WHERE list = ? AND held_id = ?", (address.lower(), held_id))
+        return rows[0][0] if rows else None
+
     def posters(self, address: str) -> list[str]:
         return [r[0] for r in self._q("SELECT email FROM posters WHERE list = ? ORDER BY email",
                                       (address.lower(),))]
@@ -226,7 +291,8 @@ class Snapshot:
         return {r[0]: DmarcEntry._make(r) for r in self._q(f"SELECT {', '.join(DMARC_COLUMNS)} FROM dmarc")}
 
 
-_BOOLEANS = ("exclude_poster", "title_case_subject", "require_authenticated")  # stored as 0/1
+_BOOLEANS = ("exclude_poster", "title_case_subject", "require_authenticated", "optin",
+             "join_approval")  # stored as 0/1
 
 
 def _list_row(r) -> ListRow:
@@ -260,12 +326,16 @@ _SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE lists ({', '.join(f'{n} {t}' for n, t in LIST_COLUMNS)}) WITHOUT ROWID;
 CREATE TABLE members (list TEXT NOT NULL, email TEXT NOT NULL, name TEXT NOT NULL,
-                      PRIMARY KEY (list, email)) WITHOUT ROWID;
+                      source TEXT NOT NULL DEFAULT 'roster', PRIMARY KEY (list, email)) WITHOUT ROWID;
 CREATE TABLE posters (list TEXT NOT NULL, email TEXT NOT NULL,
                       PRIMARY KEY (list, email)) WITHOUT ROWID;
 CREATE TABLE suppressed (email TEXT PRIMARY KEY, reason TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE dmarc (domain TEXT PRIMARY KEY, policy TEXT, status TEXT NOT NULL, expires_at INTEGER NOT NULL,
                     detail TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE eligible (list TEXT NOT NULL, email TEXT NOT NULL, PRIMARY KEY (list, email)) WITHOUT ROWID;
+CREATE TABLE texts (list TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (list, kind)) WITHOUT ROWID;
+CREATE TABLE approved (list TEXT NOT NULL, held_id TEXT NOT NULL, post_key TEXT NOT NULL,
+                       PRIMARY KEY (list, held_id)) WITHOUT ROWID;
 """
 
 
@@ -278,12 +348,13 @@ def _list_values(lst: CompiledList) -> tuple:
 
 
 def write(path: Path, lists: list[CompiledList], meta: dict[str, str],
-          suppressed: dict[str, str] | None = None, dmarc: dict[str, DmarcEntry] | None = None) -> None:
+          suppressed: dict[str, str] | None = None, dmarc: dict[str, DmarcEntry] | None = None,
+          approved: list[tuple[str, str, str]] | None = None) -> None:
     """Write the snapshot atomically: temporary file, fsync, rename, fsync dir.
 
     ``meta`` holds the digest, the site settings and what describes the run
     (generated_at, config path); ``suppressed`` maps addresses to a reason;
-    ``dmarc`` domains to their :class:`DmarcEntry`.
+    ``dmarc`` domains to their :class:`DmarcEntry`; ``approved`` holds (list, held_id, post_key).
     """
     from .atomic import fsync_dir, replacing
 
@@ -296,13 +367,17 @@ def write(path: Path, lists: list[CompiledList], meta: dict[str, str],
             conn.executemany(
                 f"INSERT INTO lists ({', '.join(_NAMES)}) VALUES ({', '.join('?' for _ in LIST_COLUMNS)})",
                 [_list_values(l) for l in lists])
-            conn.executemany("INSERT INTO members VALUES (?,?,?)",
-                             ((l.address, e, n) for l in lists for e, n in l.members))
+            conn.executemany("INSERT INTO members VALUES (?,?,?,?)",
+                             ((l.address, e, n, l.sources.get(e.lower(), "roster")) for l in lists for e, n in l.members))
             conn.executemany("INSERT INTO posters VALUES (?,?)",
                              ((l.address, p) for l in lists for p in l.posters))
             conn.executemany("INSERT INTO suppressed VALUES (?,?)", sorted((suppressed or {}).items()))
             conn.executemany(f"INSERT INTO dmarc ({', '.join(DMARC_COLUMNS)}) VALUES (?,?,?,?,?)",
                              sorted(tuple(e) for e in (dmarc or {}).values()))
+            conn.executemany("INSERT INTO eligible VALUES (?,?)", ((l.address, e) for l in lists for e in l.eligible))
+            conn.executemany("INSERT INTO texts VALUES (?,?,?)",
+                             ((l.address, k, t) for l in lists for k, t in sorted(l.texts.items())))
+            conn.executemany("INSERT INTO approved VALUES (?,?,?)", sorted(approved or ()))
             conn.commit()
         finally:
             conn.close()

@@ -14,6 +14,10 @@ Under the spool directory (site.spool_dir, writable by the ``listfilter`` user):
     bounces/<id>.json          one record per bounce received (create-only; sync scores them)
     bounces/.ingest/           records sync has claimed and not yet committed
     bounces/bad/               records sync could not read, each with a .reason file
+    requests/<id>.json         a confirmed join or leave, an owner's decision (a Request; sync applies it)
+    requests/bad/              requests sync could not read, each with a .reason file
+    held/<id>.eml              a held post as it came (moderation), until sync moves it into the store
+    held/<id>.json             what the mail side knew of it; written after the .eml, so it says the .eml is whole
 
 The mail side only ever creates files (temporary name, then rename) or takes
 an exclusive slot (``O_EXCL``); the checks that must not race are atomic:
@@ -40,7 +44,9 @@ BAD = "bad"
 SENT = "sent"
 NOTICES = "notices"
 BOUNCES = "bounces"
-SUBDIRS = (EVENTS, SENT, NOTICES, BOUNCES)
+REQUESTS = "requests"
+HELD = "held"
+SUBDIRS = (EVENTS, SENT, NOTICES, BOUNCES, REQUESTS, HELD)
 #: The name part of a deferral's record, between the event id and ".json".
 DEFERRAL = ".deferred"
 
@@ -192,6 +198,42 @@ def pending_bounces(spool: Path) -> list[Path]:
     """Bounce records waiting for sync to score them, oldest name first."""
     try:
         return sorted(p for p in (spool / BOUNCES).iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+# --------------------------------------------------------------------------
+# requests/, held/
+
+
+def write_request(spool: Path, record) -> Path:
+    """Store a :class:`~listfilter.common.events.Request` under its own (random) id."""
+    path = spool / REQUESTS / f"{record.id}.json"
+    _write(path, record.to_json())
+    return path
+
+
+def pending_requests(spool: Path) -> list[Path]:
+    """Request records waiting for sync, oldest name first."""
+    return _records(spool / REQUESTS)
+
+
+def write_held(spool: Path, held_id: str, message: bytes, meta: dict) -> Path:
+    """Keep a held post: the message first, then its record (which makes it complete); the record's path."""
+    _write(spool / HELD / f"{held_id}.eml", message)
+    path = spool / HELD / f"{held_id}.json"
+    _write(path, json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    return path
+
+
+def pending_held(spool: Path) -> list[Path]:
+    """Held posts' records waiting for sync (each with its ``.eml`` beside it), oldest name first."""
+    return _records(spool / HELD)
+
+
+def _records(directory: Path) -> list[Path]:
+    try:
+        return sorted(p for p in directory.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
     except FileNotFoundError:
         return []
 

@@ -61,7 +61,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import make_msgid
 
-from ..common.addresses import RESERVED_SUFFIXES, SERVICE_SUFFIXES, owner_address, parse_recipient
+from ..common.addresses import owner_address, parse_recipient
 from ..common.snapshot import fill_notice
 from .headers import LOOP_HEADER
 from .message import decode_bytes, header_text, make_policy, parse_headers
@@ -91,11 +91,6 @@ LOOP_HEADERS = ("X-Loop", "X-BeenThere", LOOP_HEADER)
 #: List-Unsubscribe-Post, ezmlm's Mailing-List and SmartList's X-Mailing-List.
 LIST_HEADERS = ("List-Id", "List-Help", "List-Subscribe", "List-Unsubscribe", "List-Post", "List-Owner",
                 "List-Archive", "List-Unsubscribe-Post", "Mailing-List", "X-Mailing-List")
-#: Suffixes kept for opt-in lists (``-join``, ``-leave``): not yet addresses of
-#: their own, but never a person's either.
-_OPT_IN_SUFFIXES = tuple(s for s in RESERVED_SUFFIXES if s not in SERVICE_SUFFIXES)
-
-
 def _bare_address(envelope_sender: str) -> str:
     addr = envelope_sender.strip()
     if addr.startswith("<") and addr.endswith(">"):
@@ -110,13 +105,10 @@ def our_list(address: str, is_list) -> str | None:
     snapshot has it (``Snapshot.get_list`` will do); the address forms are
     :mod:`listfilter.common.addresses`'s.
     """
-    target = parse_recipient(address)
+    target = parse_recipient(address)  # -join and -leave too, whether or not the list is opt-in
     if target is None:
         return None
-    local, _, domain = target.list_address.rpartition("@")
-    candidates = [target.list_address]
-    candidates += [f"{local[:-len(s) - 1]}@{domain}" for s in _OPT_IN_SUFFIXES if local.endswith("-" + s)]
-    return next((c for c in candidates if is_list(c)), None)
+    return target.list_address if is_list(target.list_address) else None
 
 
 def notice_suppressed(envelope_sender: str, headers, is_list=None) -> str | None:

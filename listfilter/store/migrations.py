@@ -22,6 +22,12 @@ post ``deliver`` deferred itself) and the HELO name of a refusal at RCPT time.
 Version 7 adds what Postfix's log says happened after the hand-off
 (:mod:`listfilter.sync.follow`): ``reinjections``, the queue ids Postfix gave
 a post's reinjected copies, and ``deliveries``, each member's last outcome.
+Version 8 adds membership beyond the roster and moderation: the ``held``
+status, ``list_members`` (extra members, and the joined members of opt-in
+lists), ``join_requests`` (confirmed joins waiting for an owner),
+``held_posts`` (held posts, the message itself included, and their fate) and
+``member_changes`` (every change to those: who, when, how, and the welcome
+or goodbye message it owes until sync has sent it).
 
 Never edit a released migration: add a new one.
 """
@@ -37,12 +43,22 @@ SEED_STATUSES = ("delivered", "bounced", "rejected", "failed")
 #: The statuses as of version 3, and as of version 6.
 V3_STATUSES = SEED_STATUSES + ("discarded",)
 V6_STATUSES = V3_STATUSES + ("deferred",)
-assert V6_STATUSES == STATUSES, "a new status word needs a migration (and then this check names its list)"
+V8_STATUSES = V6_STATUSES + ("held",)
+assert V8_STATUSES == STATUSES, "a new status word needs a migration (and then this check names its list)"
 
 #: A member's outcome in ``deliveries`` (version 7), as Postfix's log says it: ``sent`` (the
 #: next hop accepted it), ``deferred`` (Postfix will retry), ``bounced`` (refused for good: a
 #: DSN went to the -bounces address), ``expired`` (still deferred when the queue lifetime ran out).
 DELIVERY_STATUSES = ("sent", "deferred", "bounced", "expired")
+
+#: Where a member kept in ``list_members`` (version 8) comes from: ``listfilter members add`` or the
+#: admin page, or a confirmed join of an opt-in list (listfilter.common.snapshot.SOURCES names the rest).
+MEMBER_SOURCES = ("extra", "joined")
+#: A held post's fate (``held_posts.status``): waiting; approved (sync releases it); released (handed
+#: back to Postfix, through the rules once more); discarded by an owner; expired (nobody decided).
+HELD_STATUSES = ("held", "approved", "released", "discarded", "expired")
+#: A confirmed join that waits for an owner (``join_requests.status``).
+JOIN_REQUEST_STATUSES = ("pending", "admitted", "denied", "expired")
 
 #: The table that records which migrations a database has.
 TABLE = "listfilter_migrations"
@@ -76,6 +92,71 @@ _INDEXES = (
 )
 #: Columns of mail_logs at version 5 (version 6 copies them into the rebuilt SQLite table).
 _V5_COLUMNS = _V2_COLUMNS + ", rule, client_address"
+#: ... and at version 6 (version 8 copies them).
+_V6_COLUMNS = _V5_COLUMNS + ", helo_name"
+
+
+def _v8_tables(text: str, blob: str, ts: str, serial: str) -> tuple[str, ...]:
+    """Version 8's new tables, in one dialect's words for text, bytes, time and a row counter."""
+    return (
+        f"""CREATE TABLE IF NOT EXISTS list_members (
+            list_address {text} NOT NULL,
+            email_key {text} NOT NULL,
+            email {text} NOT NULL,
+            name {text} NOT NULL DEFAULT '',
+            source {text} NOT NULL CHECK (source IN ({_status_list(MEMBER_SOURCES)})),
+            until {ts},
+            added_by {text} NOT NULL DEFAULT '',
+            added_at {ts} NOT NULL,
+            PRIMARY KEY (list_address, email_key, source)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS join_requests (
+            list_address {text} NOT NULL,
+            email_key {text} NOT NULL,
+            email {text} NOT NULL,
+            name {text} NOT NULL DEFAULT '',
+            status {text} NOT NULL CHECK (status IN ({_status_list(JOIN_REQUEST_STATUSES)})),
+            requested_at {ts} NOT NULL,
+            decided_by {text} NOT NULL DEFAULT '',
+            decided_at {ts},
+            PRIMARY KEY (list_address, email_key)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS held_posts (
+            id {text} PRIMARY KEY,
+            list_address {text} NOT NULL,
+            event_id {text} NOT NULL,
+            post_key {text} NOT NULL,
+            message_id {text} NOT NULL DEFAULT '',
+            envelope_sender {text} NOT NULL DEFAULT '',
+            sender_email {text} NOT NULL DEFAULT '',
+            sender_name {text} NOT NULL DEFAULT '',
+            subject {text} NOT NULL DEFAULT '',
+            reason {text} NOT NULL DEFAULT '',
+            status {text} NOT NULL CHECK (status IN ({_status_list(HELD_STATUSES)})),
+            held_at {ts} NOT NULL,
+            expires_at {ts} NOT NULL,
+            decided_by {text} NOT NULL DEFAULT '',
+            decided_at {ts},
+            released_at {ts},
+            message {blob} NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS held_posts_status_idx ON held_posts (status, list_address)",
+        f"""CREATE TABLE IF NOT EXISTS member_changes (
+            id {serial},
+            at {ts} NOT NULL,
+            list_address {text} NOT NULL,
+            email {text} NOT NULL,
+            action {text} NOT NULL,
+            source {text} NOT NULL DEFAULT '',
+            actor {text} NOT NULL DEFAULT '',
+            via {text} NOT NULL DEFAULT '',
+            detail {text} NOT NULL DEFAULT '',
+            notice {text} NOT NULL DEFAULT '',
+            notified_at {ts}
+        )""",
+        "CREATE INDEX IF NOT EXISTS member_changes_notice_idx ON member_changes (notice, notified_at)",
+        "CREATE INDEX IF NOT EXISTS member_changes_list_idx ON member_changes (list_address, at)",
+    )
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -366,6 +447,43 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (event_id, recipient)
             )""",
             "CREATE INDEX IF NOT EXISTS deliveries_status_idx ON deliveries (status, event_id)",
+        ),
+    ),
+    Migration(
+        8, "held status; extra and joined members, join requests, held posts, membership changes",
+        sqlite=(
+            f"""CREATE TABLE mail_logs_v8 (
+                id TEXT PRIMARY KEY,
+                status TEXT NOT NULL CHECK (status IN ({_status_list(V8_STATUSES)})),
+                list_address TEXT NOT NULL,
+                sender_email TEXT,
+                subject TEXT,
+                recipient_count INTEGER NOT NULL DEFAULT 0,
+                error_message TEXT,
+                message_id TEXT,
+                created_at TEXT NOT NULL,
+                sender_name TEXT NOT NULL DEFAULT '',
+                list_display_name TEXT NOT NULL DEFAULT '',
+                envelope_sender TEXT NOT NULL DEFAULT '',
+                recipients TEXT NOT NULL DEFAULT '[]',
+                queue_id TEXT NOT NULL DEFAULT '',
+                body TEXT,
+                body_truncated INTEGER NOT NULL DEFAULT 0,
+                updated_at TEXT,
+                rule TEXT NOT NULL DEFAULT '',
+                client_address TEXT NOT NULL DEFAULT '',
+                helo_name TEXT NOT NULL DEFAULT ''
+            )""",
+            f"INSERT INTO mail_logs_v8 ({_V6_COLUMNS}) SELECT {_V6_COLUMNS} FROM mail_logs",
+            "DROP TABLE mail_logs",
+            "ALTER TABLE mail_logs_v8 RENAME TO mail_logs",
+            *_INDEXES,
+            "CREATE INDEX IF NOT EXISTS mail_logs_message_id_idx ON mail_logs (message_id)",
+            *_v8_tables("TEXT", "BLOB", "TEXT", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        ),
+        postgresql=(
+            "ALTER TYPE mail_log_status ADD VALUE IF NOT EXISTS 'held'",
+            *_v8_tables("text", "bytea", "timestamp", "bigserial PRIMARY KEY"),
         ),
     ),
 )

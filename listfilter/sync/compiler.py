@@ -22,13 +22,17 @@ from . import roster as R
 NOTICE_TEMPLATE = "notice-refused.txt.j2"
 
 
-def compile_lists(config, rows) -> list[CompiledList]:
-    """Every list on every domain, computed from config and roster rows."""
+def compile_lists(config, rows, added: dict | None = None) -> list[CompiledList]:
+    """Every list on every domain, computed from config and roster rows.
+
+    ``added`` maps a list address to the members the store keeps for it
+    (:data:`listfilter.sync.membership.Added`: extra members, and the joined
+    members of an opt-in list), merged with the roster's."""
     with R.bulk():
-        return _compile(config, list(rows))
+        return _compile(config, list(rows), added or {})
 
 
-def _compile(config, rows) -> list[CompiledList]:
+def _compile(config, rows, added: dict) -> list[CompiledList]:
     grouped = MB.by_course(rows)
     out = []
     # Domains that serve the same course (a dev and a prod domain) share their
@@ -43,26 +47,33 @@ def _compile(config, rows) -> list[CompiledList]:
             if dname not in lst.domains:
                 continue
             if lst.name not in computed:
-                members = index.members(lst)
+                sources: dict[str, str] = {}
+                members = index.members(lst, sources)
                 allowed = index.posters(lst, members)
+                eligible = index.eligible(lst.optin) if lst.optin else None
                 # Member is an (email, name) named tuple: sorted by lower-cased address
-                computed[lst.name] = (tuple(m for _, m in sorted(members.items())), tuple(sorted(allowed)))
-            members_t, posters_t = computed[lst.name]
+                computed[lst.name] = (members, allowed, sources, eligible,
+                                      tuple(m for _, m in sorted(members.items())), tuple(sorted(allowed)))
+            members, allowed, sources, eligible, members_t, posters_t = computed[lst.name]
             address = f"{lst.local_part}@{dname}"
+            if added.get(address):
+                members, allowed, sources = MB.merge(lst, members, allowed, sources, eligible, added[address])
+                members_t, posters_t = tuple(m for _, m in sorted(members.items())), tuple(sorted(allowed))
             rule = lst.posters.describe()
-            notice, undated = refusal_notices(address, lst.display_name, lst.description, rule,
-                                              **_contact(config, lst, dname))
+            served = config.for_domain(lst, dname)  # its texts, owners and reply_to on this domain
+            notice, undated = refusal_notices(address, served.display_name, served.description, rule,
+                                              **_contact(config, served.reply_to))
             out.append(CompiledList(
                 address=address,
                 name=lst.name,
                 local_part=lst.local_part,
                 domain=dname,
-                display_name=lst.display_name,
-                description=lst.description,
-                subject_tag=lst.subject_tag,
+                display_name=served.display_name,
+                description=served.description,
+                subject_tag=served.subject_tag,
                 title_case_subject=lst.title_case_subject,
-                reply_to=config.reply_to_address(lst, dname),
-                owners=lst.owners,
+                reply_to=served.reply_to,
+                owners=served.owners,
                 posters_rule=rule,
                 exclude_poster=lst.exclude_poster,
                 dmarc=lst.dmarc,
@@ -73,6 +84,15 @@ def _compile(config, rows) -> list[CompiledList]:
                 notice_undated=undated,
                 members=members_t,
                 posters=posters_t,
+                sources=sources,
+                optin=lst.optin is not None,
+                join_rule=lst.optin.describe() if lst.optin else "",
+                join_approval=bool(lst.optin and lst.optin.approval),
+                non_member_posts=lst.non_member_posts,
+                non_poster_posts=lst.non_poster_posts,
+                hold_days=lst.hold_days,
+                unsubscribe_url=unsubscribe_url(config) if lst.optin else "",
+                eligible=tuple(sorted(eligible)) if eligible is not None else (),
             ))
     return out
 
@@ -100,18 +120,23 @@ def refusal_notices(address: str, display_name: str, description: str, posters_r
             render(NOTICE_TEMPLATE, **{**context, "original_date": ""}))
 
 
-def _contact(config, lst, domain: str) -> dict[str, str | None]:
-    """The list's reply_to address, and its name and posting rule when it is
-    one of our lists (a student told to write to a list they may not post to
-    should be told that too)."""
-    reply_to = config.reply_to_address(lst, domain)
+def _contact(config, reply_to: str | None) -> dict[str, str | None]:
+    """A list's reply_to address (as its domain serves it), and its name and
+    posting rule when it is one of our lists (a student told to write to a
+    list they may not post to should be told that too)."""
     if reply_to is None:
         return {"reply_to": None}
+    local, _, domain = reply_to.lower().rpartition("@")
     for other in config.lists.values():
-        if any(f"{other.local_part}@{d}" == reply_to.lower() for d in other.domains):
-            return {"reply_to": reply_to, "reply_to_name": other.display_name,
+        if other.local_part == local and domain in other.domains:
+            return {"reply_to": reply_to, "reply_to_name": config.for_domain(other, domain).display_name,
                     "reply_to_posters": other.posters.describe()}
     return {"reply_to": reply_to}
+
+
+def unsubscribe_url(config) -> str:
+    """The base of an opt-in list's one-click unsubscribe links (the admin app's), "" without ``[web] url``."""
+    return f"{config.web.url}/unsubscribe" if config.web is not None and config.web.url else ""
 
 
 def summary(lst: CompiledList) -> str:
@@ -134,13 +159,16 @@ def site_settings(config) -> dict[str, str]:
         # lookup for the host's name where no list needs it
         "authserv_id": config.authserv_id if config.verify else "",
         "authenticated_trusted": encode_trusted(site.authenticated_trusted),
+        # the key that signs join/leave confirmations and owners' decisions (common.tokens)
+        "token_key": str(site.token_key),
+        "confirm_days": str(site.confirm_days),
     }
     assert tuple(values) == SETTINGS
     return values
 
 
 def digest(lists: list[CompiledList], settings: dict[str, str], suppressed: dict[str, str] | None = None,
-           dmarc: dict | None = None) -> str:
+           dmarc: dict | None = None, approved=None) -> str:
     """A content hash: equal digests mean an identical snapshot.
 
     The members and posters (nearly all of the bytes) are hashed as text
@@ -153,6 +181,7 @@ def digest(lists: list[CompiledList], settings: dict[str, str], suppressed: dict
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(json.dumps(sorted((suppressed or {}).items())).encode())
     h.update(json.dumps(sorted(tuple(e) for e in (dmarc or {}).values()), ensure_ascii=False).encode())
+    h.update(json.dumps(sorted(tuple(a) for a in (approved or ())), ensure_ascii=False).encode())
     for lst in lists:
         fields = {k: v for k, v in lst._asdict().items() if k not in ("members", "posters")}
         h.update(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))

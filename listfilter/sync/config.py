@@ -29,6 +29,10 @@ DEFAULT_ROLE_ALIASES = {"instructor": ("teacher",), "staff": ("teacher", "ta")}
 
 _LOCAL_PART = re.compile(r"^[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+#: A ``{placeholder}`` in a list's texts, and a key of a domain's ``fields``: a plain name.
+_PLACEHOLDER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: The placeholders a domain's own fields fill in (``name``, ``course``) or that every domain has (``domain``).
+DOMAIN_PLACEHOLDERS = ("name", "course", "domain")
 
 
 class ConfigError(ListfilterError):
@@ -150,10 +154,19 @@ class Site:
     authserv_id: str | None = None  # this host's authserv-id ([verify]); None: [dns] hostname, else the FQDN
     authenticated_trusted: tuple[TrustedSenders, ...] = ()  # From domains believed without a DMARC pass
     redirect_all_to: str | None = None  # staging valve: every copy for every domain goes only here
+    token_key_file: Path | None = None  # the key that signs confirmations and links (common.tokens); None: state_dir's
+    confirm_days: int = 3  # how long a join or leave confirmation, or an owner's decision token, stays valid
+    hold_days: int = 14  # every list's hold_days unless it names its own: held posts expire after this
 
     @property
     def snapshot_path(self) -> Path:
         return self.state_dir / SNAPSHOT_NAME
+
+    @property
+    def token_key(self) -> Path:
+        from ..common.tokens import KEY_NAME
+
+        return self.token_key_file or self.state_dir / KEY_NAME
 
 
 @dataclass(frozen=True)
@@ -208,6 +221,19 @@ class Domain:
     course: str | None
     dkim: DKIMKey | None = None  # None: copies on this domain are not signed
     redirect_all_to: str | None = None  # staging valve for this domain's lists (overrides [site]'s)
+    tenant_name: str | None = None  # its `name`: who the domain's lists belong to, for {name}
+    owners: tuple[str, ...] = ()  # its lists' owners where a list names none; (): [site]'s
+    reply_to: str | None = None  # its lists' reply_to where a list sets none: an address or a list name
+    fields: dict[str, str] = field(default_factory=dict)  # more {placeholders} for its lists' texts
+
+    def placeholders(self) -> dict[str, str]:
+        """The values a list's ``{…}`` may name on this domain: only the fields it sets."""
+        values = {"domain": self.name, **self.fields}
+        if self.tenant_name is not None:
+            values["name"] = self.tenant_name
+        if self.course is not None:
+            values["course"] = self.course
+        return values
 
 
 @dataclass(frozen=True)
@@ -215,6 +241,33 @@ class MemberQuery:
     roles: tuple[str, ...] | None  # None: every enrollment type
     active: bool
     semester: str | None  # None: the roster's current semester
+
+
+#: What happens to a post from someone the list does not let post: refused with a notice, or held for the owners.
+MODERATION_MODES = ("refuse", "hold")
+
+
+@dataclass(frozen=True)
+class OptIn:
+    """``members = { optin = true, eligible = …, approval = … }``: people join and leave by themselves.
+
+    ``eligible`` is who may join: None for anyone, else a roster query (its people, plus ``emails``).
+    With ``approval`` a confirmed join also waits for an owner (docs/config.md)."""
+
+    eligible: MemberQuery | None = None
+    eligible_emails: tuple[str, ...] = ()
+    approval: bool = False
+
+    def describe(self) -> str:
+        """Who may join, in words, for the notices and the CLI."""
+        if self.eligible is None and not self.eligible_emails:
+            return "anyone"
+        parts = []
+        if self.eligible is not None:
+            parts.append("course " + ", ".join(self.eligible.roles) if self.eligible.roles else "everyone in the course")
+        if self.eligible_emails:
+            parts.append(", ".join(self.eligible_emails))
+        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -237,6 +290,9 @@ class Posters:
 
 @dataclass(frozen=True)
 class ListConfig:
+    """One ``[lists.NAME]`` as written: its texts, owners and reply_to may hold a domain's ``{placeholders}``,
+    and :meth:`Config.for_domain` gives them as one domain serves the list (:class:`ServedList`)."""
+
     name: str
     local_part: str
     display_name: str
@@ -244,15 +300,32 @@ class ListConfig:
     members_query: MemberQuery | None
     member_emails: tuple[str, ...]
     posters: Posters
-    reply_to: str | None  # a full address, or a list name (same domain)
+    reply_to: str | None  # a full address, or a list name (same domain); None: the domain's
     subject_tag: str
-    owners: tuple[str, ...]
+    owners: tuple[str, ...]  # the list's own; (): the domain's, else [site]'s
     exclude_poster: bool
     domains: tuple[str, ...]
     title_case_subject: bool = True  # the Subject's text in Title Case (listfilter.mail.subject)
     dmarc: str = "munge"  # one of DMARC_MODES: what a post From a strict DMARC domain gets
     dmarc_always: tuple[str, ...] = ()  # lower-cased domains and addresses that get it whatever their policy
     require_authenticated: bool = False  # a post counts only with a DMARC pass here, or from a trusted sender
+    optin: OptIn | None = None  # None: the members are the roster's and the config's (and extra members)
+    non_member_posts: str = "refuse"  # MODERATION_MODES: a post from someone not on the list
+    non_poster_posts: str = "refuse"  # MODERATION_MODES: a post from a member who may not post
+    hold_days: int = 14  # a held post not decided by then expires, and its poster is told
+
+
+@dataclass(frozen=True)
+class ServedList:
+    """A list as one domain serves it (docs/config.md, "Many tenants"): what every copy, notice and map
+    says there. Worked out by :func:`serve` alone, so the compiled list, the -owner alias and the
+    refusal notice cannot disagree."""
+
+    display_name: str
+    description: str
+    subject_tag: str
+    owners: tuple[str, ...]  # the list's own, else the domain's, else [site]'s; never empty
+    reply_to: str | None  # a full address; None: the list sets no Reply-To
 
 
 @dataclass(frozen=True)
@@ -421,6 +494,7 @@ class WebSettings:
     roles_file: Path  # written by sync: the roster roles of staff (for proxy sign-on)
     page_size: int
     session_hours: int
+    url: str | None = None  # the app's public https address: opt-in lists' one-click unsubscribe links point there
 
 
 @dataclass(frozen=True)
@@ -552,12 +626,120 @@ class Config:
         return "STAGING: redirect_all_to is on: " + "; ".join(
             f"every copy for the lists on {', '.join(ds)} goes only to {t}" for t, ds in sorted(by_target.items()))
 
+    def for_domain(self, lst: ListConfig, domain: str) -> ServedList:
+        """``lst`` as ``domain`` serves it: its texts filled in, its owners and reply_to resolved."""
+        return serve(lst, self.domains[domain], self.site, self.lists)
+
     def reply_to_address(self, lst: ListConfig, domain: str) -> str | None:
-        if lst.reply_to is None:
-            return None
-        if "@" in lst.reply_to:
-            return lst.reply_to
-        return f"{self.lists[lst.reply_to].local_part}@{domain}"
+        """The list's Reply-To on ``domain``: its own reply_to, else the domain's, as a full address."""
+        return self.for_domain(lst, domain).reply_to
+
+
+def serve(lst: ListConfig, domain: Domain, site: Site, lists: dict[str, ListConfig]) -> ServedList:
+    """``lst`` as ``domain`` serves it; ConfigError when a placeholder, owner or reply_to does not work there.
+
+    ``load`` calls this for every list on every domain, so a config that loads serves everywhere.
+    """
+    where = f"lists.{lst.name}"
+    display_name = _fill(lst.display_name, f"{where}.display_name", domain)
+    subject_tag = _fill(lst.subject_tag, f"{where}.subject_tag", domain)
+    description = _fill(lst.description, f"{where}.description", domain)
+    if lst.owners:
+        owners = tuple(_address_on(domain, o, _fill(o, f"{where}.owners[{i}]", domain), f"{where}.owners[{i}]")
+                       for i, o in enumerate(lst.owners))
+    else:
+        owners = domain.owners or site.owners
+    if not owners:
+        raise ConfigError(f"{where}.owners", f'no owners on domains."{domain.name}": set this, the domain\'s'
+                                             " owners, or site.owners")
+    if lst.reply_to is not None:
+        filled = _fill(lst.reply_to, f"{where}.reply_to", domain)
+        reply_to = _reply_to(domain, lst.reply_to, filled, f"{where}.reply_to", lists)
+    elif domain.reply_to is not None:
+        reply_to = _reply_to(domain, domain.reply_to, domain.reply_to, f"domains.{domain.name}.reply_to", lists)
+    else:
+        reply_to = None
+    return ServedList(display_name, description, subject_tag, owners, reply_to)
+
+
+def _placeholders(text: str, where: str) -> tuple[str, ...]:
+    """The ``{field}`` names in ``text`` (str.format syntax, ``{{``/``}}`` literal braces).
+
+    Only plain names: an attribute, an index, a conversion or a format spec
+    would let the config reach into Python objects or depend on formatting
+    rules nobody reading the TOML expects.
+    """
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ConfigError(where, f'"{text}": {exc} (write {{{{ and }}}} for a literal brace)') from None
+    names = []
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if not _PLACEHOLDER.match(name) or spec or conversion:
+            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise ConfigError(where, f'"{text}": {{{shown}}} is not a placeholder: only plain names such as'
+                                     " {name}, {course}, {domain} or a domain's fields")
+        names.append(name)
+    return tuple(names)
+
+
+def _braces(text: str) -> bool:
+    """Whether ``text`` may hold placeholders; text without braces means exactly what it says."""
+    return "{" in text or "}" in text
+
+
+def _text(t: _Table, key: str, default: str | None) -> str | None:
+    """A list's text that may use placeholders (display_name, description, subject_tag), as written."""
+    value = t.string(key, default)
+    if value is not None:
+        _placeholders(value, t._w(key))
+    return value
+
+
+def _written_address(value: str, where: str) -> str:
+    """A list's owner or reply_to address as written: checked now without placeholders, else on each domain."""
+    if _braces(value):
+        _placeholders(value, where)
+        return value
+    return _address(value, where)
+
+
+def _fill(text: str, where: str, domain: Domain) -> str:
+    """``text`` with the domain's values put in; text without placeholders comes back as it is."""
+    if not _braces(text):
+        return text
+    values = domain.placeholders()
+    for name in _placeholders(text, where):
+        if name not in values:
+            raise ConfigError(where, f'"{text}" uses {{{name}}}, which domains."{domain.name}" does not set')
+    return text.format_map(values)
+
+
+def _address_on(domain: Domain, text: str, filled: str, where: str) -> str:
+    """An owner or reply_to address on ``domain``: ``text`` as written, ``filled`` with the domain's values
+    put in. One without placeholders was checked when the config was read."""
+    if not _braces(text):
+        return text
+    try:
+        return _address(filled, where)
+    except ConfigError as exc:
+        raise ConfigError(where, f'{exc.message} (from "{text}" on domains."{domain.name}")') from None
+
+
+def _reply_to(domain: Domain, text: str, filled: str, where: str, lists: dict[str, ListConfig]) -> str:
+    """A reply_to on ``domain`` as a full address: an address, or a list served there."""
+    if "@" in filled:
+        return _address_on(domain, text, filled, where)
+    target = lists.get(filled)
+    if target is None:
+        raise ConfigError(where, f"{filled!r} is neither an address nor a list name")
+    if domain.name not in target.domains:
+        raise ConfigError(where, f"list {filled!r} is not served on {domain.name}")
+    return f"{target.local_part}@{domain.name}"
 
 
 # --------------------------------------------------------------------------
@@ -621,7 +803,7 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         if not _DOMAIN.match(dname):
             raise ConfigError(f"domains.{name}", "not a valid mail domain")
         domains[dname] = Domain(dname, d.string("course", None), _domain_dkim(d, dname, dkim, base),
-                                redirect_all_to=_redirect(d, f"domains.{name}.redirect_all_to"))
+                                redirect_all_to=_redirect(d, f"domains.{name}.redirect_all_to"), **_tenant(d))
         d.done()
     domains_t.done()
     if not domains:
@@ -655,20 +837,12 @@ def parse(data: dict[str, Any], path: Path) -> Config:
         if target is not None and target.lower() in seen:
             raise ConfigError(where, f"{target} is an address of lists.{seen[target.lower()]}: every copy would"
                                      " come back to the list (name a person's mailbox)")
+    for d in domains.values():
+        if d.reply_to is not None and "@" not in d.reply_to:  # a list name: checked even where no list uses it
+            _reply_to(d, d.reply_to, d.reply_to, f"domains.{d.name}.reply_to", lists)
     for lst in lists.values():
-        if lst.reply_to is not None and "@" not in lst.reply_to:
-            target = lists.get(lst.reply_to)
-            if target is None:
-                raise ConfigError(
-                    f"lists.{lst.name}.reply_to",
-                    f"{lst.reply_to!r} is neither an address nor a list name",
-                )
-            missing = set(lst.domains) - set(target.domains)
-            if missing:
-                raise ConfigError(
-                    f"lists.{lst.name}.reply_to",
-                    f"list {lst.reply_to!r} is not served on {', '.join(sorted(missing))}",
-                )
+        for dom in lst.domains:
+            serve(lst, domains[dom], site, lists)  # every placeholder, owner and reply_to works on every domain
     return Config(path, site, postfix, roster, domains, lists, store, web, dns=dns_settings, dkim=dkim, verify=verify,
                   status=_status(status_t))
 
@@ -701,9 +875,34 @@ def _site(t: _Table, base: Path) -> Site:
         authserv_id=_authserv_id(t.string("authserv_id", None)),
         authenticated_trusted=_trusted_senders(t.take("authenticated_trusted")),
         redirect_all_to=_redirect(t, "site.redirect_all_to"),
+        token_key_file=t.path("token_key_file", str(state_dir / "token-key"), base),
+        confirm_days=t.integer("confirm_days", 3, minimum=1),
+        hold_days=t.integer("hold_days", 14, minimum=1),
     )
     t.done()
     return site
+
+
+def _tenant(t: _Table) -> dict[str, Any]:
+    """A list domain's ``name``, ``owners``, ``reply_to`` and ``fields``: what its lists fill in and fall back on.
+
+    The domain's owners and reply_to are plain (no placeholders): they are the domain's already.
+    """
+    ft = t.table("fields")
+    fields = {}
+    for key in ft.keys():
+        if not _PLACEHOLDER.match(key):
+            raise ConfigError(ft._w(key), "not a placeholder name (letters, digits and _, not starting with a digit)")
+        if key in DOMAIN_PLACEHOLDERS:
+            raise ConfigError(ft._w(key), "{domain} is always the domain's own name" if key == "domain"
+                              else f"{{{key}}} is the domain's {key}: set it beside fields, not in them")
+        fields[key] = ft.string(key, None)
+    ft.done()
+    reply_to = t.string("reply_to", None)
+    if reply_to is not None and "@" in reply_to:
+        reply_to = _address(reply_to, t._w("reply_to"))
+    owners = tuple(_address(a, f"{t._w('owners')}[{i}]") for i, a in enumerate(t.strings("owners", [])))
+    return dict(tenant_name=t.string("name", None), owners=owners, reply_to=reply_to, fields=fields)
 
 
 def _redirect(t: _Table, where: str) -> str | None:
@@ -1009,12 +1208,26 @@ def _web(t: _Table, site: Site, roster: Roster, base: Path) -> WebSettings:
         roles_file=site.state_dir / "web-roles.json",
         page_size=t.integer("page_size", 50, minimum=1),
         session_hours=t.integer("session_hours", 12, minimum=1),
+        url=_public_url(t.string("url", None)),
     )
     t.done()
     # No way in (no proxy_header, no account) is not a config error: the accounts file, which
     # only root and the app may read, can hold the accounts. The app refuses to start without
     # one, and `listfilter check` says so (listfilter.admin.auth.no_way_in).
     return web
+
+
+def _public_url(value: str | None) -> str | None:
+    """``[web] url``: an https URL with a host and no query (RFC 8058 one-click links must be https)."""
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError("web.url", f"{value!r} is not an https URL such as https://lists.example.edu"
+                                     " (RFC 8058 one-click unsubscribe links must be https)")
+    return value.rstrip("/")
 
 
 def _dns(t: _Table) -> DNSSettings:
@@ -1170,15 +1383,15 @@ def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, D
     where = f"lists.{name}"
     t.only(("address", "display_name", "description", "members", "posters", "reply_to", "subject_tag",
             "title_case_subject", "owners", "exclude_poster", "domains", "dmarc", "dmarc_always",
-            "require_authenticated"))
+            "require_authenticated", "non_member_posts", "non_poster_posts", "hold_days"))
     local = t.string("address", name).lower()
     if not _LOCAL_PART.match(local):
         raise ConfigError(f"{where}.address", f"{local!r} is not a valid local part (letters, digits, . _ -)")
     for suffix in RESERVED_SUFFIXES:
         if local.endswith("-" + suffix):
             raise ConfigError(f"{where}.address", f"may not end in -{suffix} (reserved for the list's {suffix} address)")
-    display = t.string("display_name", local)
-    description = t.string("description", "")
+    display = _text(t, "display_name", local)
+    description = _text(t, "description", "")
 
     def roles_of(value: Any, fld: str) -> tuple[str, ...]:
         roles = _strings(value, fld)
@@ -1187,21 +1400,55 @@ def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, D
                 raise ConfigError(fld, f"unknown role {r!r} (known: {', '.join(sorted(known_roles))})")
         return tuple(roles)
 
-    # members = { roles = [...], active = true, semester = "...", emails = [...] }
-    mt = t.table("members", required=True)
-    has_query = any(k in mt.data for k in ("roles", "active", "semester"))
-    query = None
-    if has_query:
-        roles = mt.data.get("roles")
-        query = MemberQuery(
-            roles=roles_of(mt.take("roles"), f"{where}.members.roles") if roles is not None else None,
-            active=mt.boolean("active", True),
-            semester=mt.string("semester", None),
+    def query_of(qt: _Table) -> MemberQuery | None:
+        if not any(k in qt.data for k in ("roles", "active", "semester")):
+            return None
+        roles = qt.data.get("roles")
+        return MemberQuery(
+            roles=roles_of(qt.take("roles"), f"{qt.where}.roles") if roles is not None else None,
+            active=qt.boolean("active", True),
+            semester=qt.string("semester", None),
         )
+
+    # members = { roles = [...], active = true, semester = "...", emails = [...] }
+    #         | { optin = true, eligible = "anyone" | { roles, active, semester, emails }, approval = false }
+    mt = t.table("members", required=True)
+    optin = None
+    if mt.boolean("optin", False):
+        for k in ("roles", "active", "semester"):
+            if k in mt.data:
+                raise ConfigError(f"{where}.members.{k}", "an opt-in list's members are the people who joined:"
+                                                         " say who may join with eligible = { … }")
+        raw_eligible = mt.take("eligible")
+        if raw_eligible is None:
+            raise ConfigError(f"{where}.members.eligible", 'required with optin = true: who may join,'
+                                                          ' eligible = "anyone" or eligible = { roles = [...] }')
+        if raw_eligible == "anyone":
+            optin = OptIn(approval=mt.boolean("approval", False))
+        elif isinstance(raw_eligible, dict):
+            et = _Table(raw_eligible, f"{where}.members.eligible")
+            eligible_query = query_of(et)
+            eligible_emails = tuple(_address(a, f"{et.where}.emails[{i}]")
+                                    for i, a in enumerate(et.strings("emails", [])))
+            et.done()
+            if eligible_query is None and not eligible_emails:
+                raise ConfigError(et.where, 'give a roster query (roles, active, semester) and/or emails,'
+                                            ' or write eligible = "anyone"')
+            optin = OptIn(eligible_query, eligible_emails, approval=mt.boolean("approval", False))
+        else:
+            raise ConfigError(f"{where}.members.eligible",
+                              f'expected "anyone" or a table {{ roles = [...] }}, not {raw_eligible!r}')
+        query = None
+    else:
+        for k in ("eligible", "approval"):
+            if k in mt.data:
+                raise ConfigError(f"{where}.members.{k}", "only for an opt-in list (optin = true)")
+        query = query_of(mt)
     emails = tuple(_address(a, f"{where}.members.emails[{i}]") for i, a in enumerate(mt.strings("emails", [])))
     mt.done()
-    if query is None and not emails:
-        raise ConfigError(f"{where}.members", "give a roster query (roles, active, semester) and/or emails")
+    if query is None and not emails and optin is None:
+        raise ConfigError(f"{where}.members", "give a roster query (roles, active, semester) and/or emails,"
+                                              " or optin = true")
 
     # posters = "members" | [addresses] | { emails, members, roles }
     raw = t.take("posters", required=True)
@@ -1224,11 +1471,10 @@ def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, D
         raise ConfigError(pwhere, f"expected \"members\", a list of addresses or a table, not {_tname(raw)}")
 
     reply_to = t.string("reply_to", None)
-    if reply_to is not None and "@" in reply_to:
-        reply_to = _address(reply_to, f"{where}.reply_to")
-    owners = tuple(_address(a, f"{where}.owners[{i}]") for i, a in enumerate(t.strings("owners", []))) or site.owners
-    if not owners:
-        raise ConfigError(f"{where}.owners", "no owners: set this, or site.owners for every list")
+    if reply_to is not None and ("@" in reply_to or _braces(reply_to)):
+        reply_to = _written_address(reply_to, f"{where}.reply_to")
+    # none: the domain's owners, else [site]'s; serve() says so where there are none at all
+    owners = tuple(_written_address(a, f"{where}.owners[{i}]") for i, a in enumerate(t.strings("owners", [])))
     list_domains = tuple(d.lower() for d in t.strings("domains", list(domains)))
     for d in list_domains:
         if d not in domains:
@@ -1242,7 +1488,7 @@ def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, D
         member_emails=emails,
         posters=posters,
         reply_to=reply_to,
-        subject_tag=t.string("subject_tag", display),
+        subject_tag=_text(t, "subject_tag", display),
         title_case_subject=t.boolean("title_case_subject", True),
         owners=owners,
         exclude_poster=t.boolean("exclude_poster", True),
@@ -1251,6 +1497,10 @@ def _list(t: _Table, name: str, site: Site, roster: Roster, domains: dict[str, D
         dmarc_always=_dmarc_always(t, f"{where}.dmarc_always", site.dmarc_always),
         # on by default where posting is a privilege (roles, an allowlist), when the site verifies inbound mail
         require_authenticated=t.boolean("require_authenticated", verify and not posters.members),
+        optin=optin,
+        non_member_posts=t.choice("non_member_posts", "refuse", MODERATION_MODES),
+        non_poster_posts=t.choice("non_poster_posts", "refuse", MODERATION_MODES),
+        hold_days=t.integer("hold_days", site.hold_days, minimum=1),
     )
     t.done()
     if lst.require_authenticated and not verify:

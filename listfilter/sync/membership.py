@@ -10,7 +10,7 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import Iterable, NamedTuple
 
-from .config import Domain, ListConfig, Roster
+from .config import Domain, ListConfig, MemberQuery, OptIn, Roster
 from .roster import Enrollment
 
 
@@ -69,24 +69,39 @@ class CourseIndex:
             if active and semester == current:
                 self.holders.setdefault(etype, set()).update(key for _, key, _ in bucket)
 
-    def members(self, lst: ListConfig) -> dict[str, Member]:
+    def members(self, lst: ListConfig, sources: dict[str, str] | None = None) -> dict[str, Member]:
         """A list's members on one domain, keyed by lower-cased address: roster
         matches first (in roster order, which decides spelling and name), then
-        the explicit emails; duplicates collapse to one."""
-        out: dict[str, Member] = {}
-        query = lst.members_query
-        if query is not None:
-            semester = query.semester or self.roster.current_semester
-            wanted = self.roster.expand_roles(query.roles) if query.roles is not None else None
-            picked = [b for (active, sem, etype), b in self.buckets.items()
-                      if active == query.active and sem == semester and (wanted is None or etype in wanted)]
-            rows = picked[0] if len(picked) == 1 else sorted((r for b in picked for r in b), key=itemgetter(0))
-            for _, key, member in rows:
-                if key not in out:
-                    out[key] = member
+        the explicit emails; duplicates collapse to one. ``sources``, if given,
+        gets ``"config"`` for each explicit email the roster did not match."""
+        out = self.matching(lst.members_query) if lst.members_query is not None else {}
         for email in lst.member_emails:
-            out.setdefault(email.lower(), Member(email, ""))
+            key = email.lower()
+            if key not in out:
+                out[key] = Member(email, "")
+                if sources is not None:
+                    sources[key] = "config"
         return out
+
+    def matching(self, query: MemberQuery) -> dict[str, Member]:
+        """The roster's people a query names, keyed by lower-cased address, in roster order."""
+        out: dict[str, Member] = {}
+        semester = query.semester or self.roster.current_semester
+        wanted = self.roster.expand_roles(query.roles) if query.roles is not None else None
+        picked = [b for (active, sem, etype), b in self.buckets.items()
+                  if active == query.active and sem == semester and (wanted is None or etype in wanted)]
+        rows = picked[0] if len(picked) == 1 else sorted((r for b in picked for r in b), key=itemgetter(0))
+        for _, key, member in rows:
+            if key not in out:
+                out[key] = member
+        return out
+
+    def eligible(self, optin: OptIn) -> frozenset[str] | None:
+        """Who may join an opt-in list (lower-cased), or None for anyone."""
+        if optin.eligible is None and not optin.eligible_emails:
+            return None
+        keys = set(self.matching(optin.eligible)) if optin.eligible is not None else set()
+        return frozenset(keys | {e.lower() for e in optin.eligible_emails})
 
     def role_holders(self, role: str) -> set[str]:
         """Lower-cased addresses holding ``role``: the type itself, or an alias's types."""
@@ -103,6 +118,32 @@ class CourseIndex:
         for role in lst.posters.roles or ():
             allowed |= self.role_holders(role)
         return allowed
+
+
+#: A member kept in the store, not the roster: (email, name, source), source "extra" or "joined".
+Added = tuple[str, str, str]
+
+
+def merge(lst: ListConfig, base: dict[str, Member], allowed: set[str], sources: dict[str, str],
+          eligible: frozenset[str] | None, added: Iterable[Added]) -> tuple[dict[str, Member], set[str], dict[str, str]]:
+    """A list's members with the store's added to the roster's and the config's: extra members
+    always, joined ones while they may still join (``eligible``; None: anyone). A person the
+    roster or the config already holds keeps that source. When members may post, so may the
+    added ones. Returns new (members, posters, sources); the arguments are not changed."""
+    added = list(added)
+    if not added:
+        return base, allowed, sources
+    members, sources = dict(base), dict(sources)
+    for email, name, source in added:
+        key = email.lower()
+        if key in members:
+            continue
+        if source == "joined" and eligible is not None and key not in eligible:
+            continue  # left the course (or the role) since joining: kept in the store, not sent to
+        members[key] = Member(email, name)
+        sources[key] = source
+    posters = set(allowed) | (set(members) if lst.posters.members else set())
+    return members, posters, sources
 
 
 def roles_by_person(rows: Iterable[Enrollment], roster: Roster) -> dict[str, frozenset[str]]:

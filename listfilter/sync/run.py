@@ -40,6 +40,8 @@ class Plan:
     #: The DMARC policy of each domain that can post (:mod:`listfilter.sync.dmarc`); :func:`plan` takes
     #: the installed entries as they are, :func:`run` asks DNS for the ones that expired.
     dmarc: dict[str, S.DmarcEntry] = field(default_factory=dict)
+    #: (list, held id, post key) of the approved posts the mail side lets through once (:mod:`listfilter.store.moderation`).
+    approved: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -55,19 +57,26 @@ class Result:
 
 
 def plan(config: Config, rows: list[R.Enrollment] | None = None,
-         suppressed: dict[str, str] | None = None) -> Plan:
+         suppressed: dict[str, str] | None = None, members=None) -> Plan:
     """Read the roster (unless rows are given) and compare with what is installed.
 
     ``suppressed`` is what bounce scoring says no list may send to; without
     it the store is read (nothing is ingested), which is what a dry run
     shows. It is part of the digest: a new suppression changes the snapshot.
+    ``members`` is the store's part of the lists (a
+    :class:`listfilter.store.membersync.MemberSync`: extra and joined
+    members, approved posts); without it the store is read, as for ``suppressed``.
     """
     if rows is None:
         rows = R.load(config)
         if not rows and any(l.members_query for l in config.lists.values()):
             # A truncated export or an emptied table would silently empty every list.
             raise R.RosterError("the roster returned no enrollments at all; refusing to empty every list")
-    lists = K.compile_lists(config, rows)
+    if members is None:
+        from ..store.membersync import before_sync as members_before_sync
+
+        members = members_before_sync(config, ingest=False)
+    lists = K.compile_lists(config, rows, members.added)
     if suppressed is None:
         from ..store.bounces import before_sync
 
@@ -77,14 +86,14 @@ def plan(config: Config, rows: list[R.Enrollment] | None = None,
 
     return with_suppressed(config, Plan(lists=lists, digest="", snapshot_changed=True, maps=maps,
                                         maps_changed=M.changed(config, maps), rows=rows,
-                                        dmarc=installed_view(config, lists)), suppressed)
+                                        dmarc=installed_view(config, lists), approved=members.approved), suppressed)
 
 
 def with_suppressed(config: Config, p: Plan, suppressed: dict[str, str]) -> Plan:
     """The plan with this suppressed set: only the digest depends on it, not the compiled lists or the maps."""
     from dataclasses import replace
 
-    digest = K.digest(p.lists, K.site_settings(config), suppressed, p.dmarc)
+    digest = K.digest(p.lists, K.site_settings(config), suppressed, p.dmarc, p.approved)
     return replace(p, digest=digest, suppressed=suppressed,
                    snapshot_changed=S.installed_digest(config.site.snapshot_path) != digest)
 
@@ -98,7 +107,7 @@ def apply(config: Config, p: Plan) -> Result:
             "digest": p.digest,
             "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": str(config.path),
-        }, suppressed=p.suppressed, dmarc=p.dmarc)
+        }, suppressed=p.suppressed, dmarc=p.dmarc, approved=p.approved)
     pending = config.site.state_dir / "reload-pending"
     if p.maps_changed:
         M.install(config, p.maps, p.maps_changed)
@@ -176,15 +185,19 @@ def record_last_sync(config: Config, *, ok: bool, warnings: int, error: str = ""
 
 def _run(config: Config, install) -> Result:
     """The body of :func:`run`, under its lock."""
-    first = plan(config, suppressed={})  # the roster, compiled: a bounce counts only for a member now
+    from ..store import membersync
+
+    _ensure_token_key(config)
+    members = membersync.before_sync(config)  # held posts and requests in; extra and joined members out
+    first = plan(config, suppressed={}, members=members)  # the roster, compiled: a bounce counts only for a member now
     bounces = _score_bounces(config, first.lists)
     dmarc = _dmarc(config, first.lists)
     p = with_suppressed(config, replace(first, dmarc=dmarc.entries), bounces.suppressed)
     result = (install or apply)(config, p)
     if dmarc.warning():
         result.warnings.append(dmarc.warning())
-    result.notes.extend(bounces.notes)
-    result.warnings.extend(bounces.warnings)
+    result.notes.extend(members.notes + bounces.notes)
+    result.warnings.extend(members.warnings + _store_down(members, bounces))
     try:
         from ..store.ingest import after_sync
 
@@ -196,11 +209,45 @@ def _run(config: Config, install) -> Result:
     notes, warnings = _notify_owners(config, p) if bounces.store_ok else ([], [])
     result.notes.extend(notes)
     result.warnings.extend(warnings)
+    if members.store_ok:
+        try:
+            notes, warnings = membersync.after_sync(config, p.lists)
+        except Exception as exc:  # the snapshot is installed: a release problem must not undo the sync
+            notes, warnings = [], [f"held posts and membership messages: internal error ({type(exc).__name__}: {exc})"]
+        result.notes.extend(notes)
+        result.warnings.extend(warnings)
     try:
         spool.prune(config.site.spool_dir, time.time())
     except OSError as exc:
         result.warnings.append(f"spool not pruned: {exc}")
     return result
+
+
+def _store_down(members, bounces) -> list[str]:
+    """The bounces' warnings, with what a store that is down keeps of the members said in the same line."""
+    if not members.store_error:
+        return bounces.warnings
+    if not bounces.store_error:
+        return bounces.warnings + [f"extra and joined members not read: {members.store_error}{members.kept_note()}"]
+    return [w + members.kept_note() if bounces.store_error in w else w for w in bounces.warnings]
+
+
+def _ensure_token_key(config: Config) -> None:
+    """Make the token key once, where the mail side and the admin app read it (:mod:`listfilter.common.tokens`),
+    when a list needs one (opt-in or held posts); an existing key is never replaced."""
+    from ..common import tokens
+
+    if any(l.optin or "hold" in (l.non_member_posts, l.non_poster_posts) for l in config.lists.values()):
+        path = config.site.token_key
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if tokens.ensure_key(path):
+                # a sync run wholly as root (--user root) gives it to the service user, who signs with it
+                from ..store.database import _give, service_owner
+
+                _give(path, service_owner(config.site.spool_dir))
+        except OSError as exc:
+            raise ListfilterError(f"cannot create the token key {path}: {exc.strerror}") from None
 
 
 def _dmarc(config: Config, lists):

@@ -46,7 +46,7 @@ def test_to_json_is_compact_utf8_with_every_field():
 
 
 def test_statuses():
-    assert E.STATUSES == ("delivered", "bounced", "rejected", "failed", "discarded", "deferred")
+    assert E.STATUSES == ("delivered", "bounced", "rejected", "failed", "discarded", "deferred", "held")
     assert set(E.MEANINGS) == set(E.STATUSES) and set(E.TEMPORARY) < set(E.STATUSES)
 
 

@@ -10,7 +10,8 @@ STUDENTS = "students@lists.example.edu"
 #: The site settings a snapshot carries (listfilter.common.snapshot.SETTINGS), for tests that write one.
 SETTINGS = {"timezone": "America/Chicago", "sendmail": "/usr/sbin/sendmail", "notice_limit": "2",
             "postfix_log": "/var/log/mail.log", "postqueue": "/usr/sbin/postqueue",
-            "authserv_id": "mx.lists.example.edu", "authenticated_trusted": "[]"}
+            "authserv_id": "mx.lists.example.edu", "authenticated_trusted": "[]",
+            "token_key": "/nonexistent/token-key", "confirm_days": "3"}
 
 
 def compiled_list(address: str = STUDENTS, *, display_name: str = "CS 199 Students", subject_tag: str | None = None,
@@ -18,11 +19,12 @@ def compiled_list(address: str = STUDENTS, *, display_name: str = "CS 199 Studen
                   posters_rule: str = "course instructor, ta", exclude_poster: bool = True,
                   title_case_subject: bool = True, dmarc: str = "off", dmarc_always=(),
                   require_authenticated: bool = False, redirect_to: str | None = None, members=(),
-                  posters=()) -> CompiledList:
+                  posters=(), **more) -> CompiledList:
     """A list as sync compiles it, with its refusal notice rendered by sync's own code.
 
     ``members`` are (email, name) pairs or bare addresses; ``subject_tag``
-    defaults to the display name, as in the config. ``dmarc`` is ``"off"``
+    defaults to the display name, as in the config; ``more`` sets the other fields
+    (optin, non_member_posts, sources, texts, …). ``dmarc`` is ``"off"``
     unless a test says otherwise (the config's default is munge): a snapshot
     written here has no dmarc rows, which would munge every post.
     """
@@ -37,22 +39,24 @@ def compiled_list(address: str = STUDENTS, *, display_name: str = "CS 199 Studen
         reply_to=reply_to, owners=tuple(owners), posters_rule=posters_rule, exclude_poster=exclude_poster,
         title_case_subject=title_case_subject, dmarc=dmarc, dmarc_always=tuple(dmarc_always),
         require_authenticated=require_authenticated, redirect_to=redirect_to, notice=notice, notice_undated=undated,
-        members=tuple(sorted(pairs, key=lambda p: p[0].lower())), posters=tuple(sorted(p.lower() for p in posters)))
+        members=tuple(sorted(pairs, key=lambda p: p[0].lower())), posters=tuple(sorted(p.lower() for p in posters)),
+        **more)
 
 
 def list_row(address: str = STUDENTS, **fields) -> ListRow:
     """The snapshot row of a list (what the mail side reads), built as :func:`compiled_list`."""
     lst = compiled_list(address, **fields)
-    return ListRow(*lst[:-2], member_count=len(lst.members))
+    return ListRow(**{f: getattr(lst, f) for f in ListRow._fields[:-1]}, member_count=len(lst.members))
 
 
 def write_snapshot(path: Path, lists: list[CompiledList], *, spool: Path, sendmail: str | None = None,
-                   suppressed: dict[str, str] | None = None, dmarc=None) -> Path:
+                   suppressed: dict[str, str] | None = None, dmarc=None, approved=None,
+                   settings: dict[str, str] | None = None) -> Path:
     """Install a snapshot at ``path`` holding ``lists``, as sync would."""
     from listfilter.common import snapshot
 
-    settings = {**SETTINGS, "spool_dir": str(spool), **({"sendmail": sendmail} if sendmail else {})}
-    snapshot.write(path, lists, {**settings, "digest": "test"}, suppressed, dmarc=dmarc)
+    settings = {**SETTINGS, "spool_dir": str(spool), **({"sendmail": sendmail} if sendmail else {}), **(settings or {})}
+    snapshot.write(path, lists, {**settings, "digest": "test"}, suppressed, dmarc=dmarc, approved=approved)
     return path
 
 

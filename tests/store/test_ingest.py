@@ -156,7 +156,7 @@ def test_malformed_files_are_set_aside_and_never_block_the_others(store, spool):
     assert reasons["not-json.json"].startswith("not JSON: ")
     assert reasons["latin1.json"] == "not UTF-8 (byte 11)"
     assert reasons["bad-status.json"] == ("status: 'dropped' is not one of delivered, bounced, rejected, failed,"
-                                          " discarded, deferred")
+                                          " discarded, deferred, held")
     assert reasons["bad-id.json"] == "id: not an event id: '../../etc/passwd'"
     assert reasons["short-id.json"] == "id: not an event id: '0123456789abcdef'"
     assert reasons["bad-time.json"].startswith("created_at: not an ISO 8601 time")

@@ -53,7 +53,7 @@ def test_defaults(tmp_path):
     assert lst.display_name == "testing" and lst.subject_tag == "testing"
     assert lst.exclude_poster is True
     assert lst.title_case_subject is True  # the customer's "Subject In Title Case"
-    assert lst.owners == ("o@example.edu",)
+    assert lst.owners == () and config.for_domain(lst, "lists.example.edu").owners == ("o@example.edu",)
     assert config.site.state_dir.as_posix() == "/var/lib/listfilter"
     assert config.site.snapshot_path.as_posix() == "/var/lib/listfilter/snapshot.sqlite"
     assert config.site.sendmail == "/usr/sbin/sendmail"
