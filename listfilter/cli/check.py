@@ -126,8 +126,29 @@ def _host_checks(config: C.Config):
                 if maillog else "no syslog daemon: Postfix's and listfilter's log lines are lost, no message can be traced")
         yield "syslog", False, (f"{why}: {lost}; install one (apt-get install rsyslog),"
                                 f" or run systemd-journald, which provides {SYSLOG_SOCKET}")
-    if settings:
+    if settings and config.postfix.journal:
+        yield from _journal_check(config, maillog)
+    elif settings:
         yield from _log_file_check(config, maillog)
+
+
+def _journal_check(config: C.Config, maillog: str):
+    """``log_source = "journal"``: Postfix logs through syslog, and the journal's mail lines can be read."""
+    from ..sync.postfixlog import JournalReader
+
+    if maillog:
+        yield "postfix log", False, (f"Postfix logs to {maillog} (maillog_file), not to the journal:"
+                                     f' set log_source = "file" and log_file = "{maillog}"')
+        return
+    reader = JournalReader(directory=config.postfix.journal_directory)
+    try:
+        count = sum(1 for _ in zip(range(1), reader.raw_lines()))
+    except OSError as exc:
+        yield "postfix log", False, (f"the journal cannot be read: {exc.strerror or exc} (run sync as a user in the"
+                                     " systemd-journal group)")
+        return
+    where = f" in {config.postfix.journal_directory}" if config.postfix.journal_directory else ""
+    yield "postfix log", True, f"the journal{where} is readable" + ("" if count else ", with no mail lines yet")
 
 
 def _log_file_check(config: C.Config, maillog: str):

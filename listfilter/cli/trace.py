@@ -28,7 +28,7 @@ import click
 from ..common.addresses import parse_recipient
 from ..common.events import post_key, stable_id
 from ..common.paths import service_uid
-from ..sync.postfixlog import LogLine, parse_line, reinjected
+from ..sync.postfixlog import LogLine, local_zone, parse_line, reinjected
 from . import cli, fail, load_config
 
 _EVENT_ID = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -60,6 +60,17 @@ def message_id_form(query: str) -> str:
 # ---------------------------------------------------------------- reading
 
 
+def _log_zone() -> dt.tzinfo:
+    """The zone of log lines that name none: the host's, as the log follower reads them."""
+    global _ZONE
+    if _ZONE is None:
+        _ZONE = local_zone()
+    return _ZONE
+
+
+_ZONE: dt.tzinfo | None = None
+
+
 def raw_lines(paths: Iterable[Path]) -> Iterator[str]:
     """Every line of ``paths``, in order (``.gz`` files decompressed)."""
     for path in paths:
@@ -74,7 +85,7 @@ def collect(paths: list[Path], keep: Callable[[str], bool], since: dt.datetime |
     out = []
     for raw in raw_lines(paths):
         if keep(raw):
-            line = parse_line(raw)
+            line = parse_line(raw, zone=_log_zone())
             if line is not None and (since is None or line.time >= since):
                 out.append(line)
     return out
@@ -112,7 +123,7 @@ def gather(paths: list[Path], query: str, kind: str, since: dt.datetime | None =
     for raw in raw_lines(paths):
         if not (any(q in raw for q in wanted) or "reject: " in raw):
             continue
-        line = parse_line(raw)
+        line = parse_line(raw, zone=_log_zone())
         if line is None or (since is not None and line.time < since):
             continue
         if line.queue_id in wanted:
@@ -446,7 +457,8 @@ def _entries_for(config, message_id: str, trace_lines: list[LogLine]) -> dict[st
 @click.option("--log", "logs", metavar="FILE", multiple=True,
               type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
               help="Read this log file (repeatable, in order; .gz too; - for standard input, such as"
-                   " journalctl -o short-iso) instead of postfix.log_file and its .1.")
+                   " journalctl -o short-iso) instead of postfix.log_file and its .1 (or, with"
+                   ' log_source = "journal", the journal).')
 @click.pass_context
 def trace_cmd(ctx, what, as_json, since, logs):
     """Follow one post through Postfix and listfilter: receipt, the pipe to listfilter, its decision,
@@ -463,7 +475,9 @@ def trace_cmd(ctx, what, as_json, since, logs):
             when = ST.parse_since(since, tz)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--since") from None
-    paths = list(logs) or log_paths(config.postfix.log_file)
+    paths = list(logs) or ([] if config.postfix.journal else log_paths(config.postfix.log_file))
+    if not paths:  # the journal: its mail lines (since --since) into a temporary file, read like a log file
+        paths = [_journal_copy(ctx, config, when)]
     if Path("-") in paths:  # read more than once: kept in a temporary file
         import shutil
         import sys
@@ -505,6 +519,24 @@ def trace_cmd(ctx, what, as_json, since, logs):
                   uid=service_uid())
     trace["query"] = {"text": what, "kind": classify(what) if entry is None else "event-id"}
     _emit(trace, as_json, tz)
+
+
+def _journal_copy(ctx, config, since) -> Path:
+    """The journal's mail lines as a temporary log file (``[postfix] log_source = "journal"``)."""
+    import tempfile
+
+    from ..sync.postfixlog import JournalReader
+
+    held = tempfile.NamedTemporaryFile(prefix="listfilter-trace-", mode="w", encoding="utf-8",
+                                       errors="surrogateescape")
+    ctx.call_on_close(held.close)
+    try:
+        for line in JournalReader(directory=config.postfix.journal_directory, since=since).raw_lines():
+            held.write(line + "\n")
+    except OSError as exc:
+        fail(f"the journal cannot be read: {exc.strerror or exc} (docs/operations.md says which group may read it)")
+    held.flush()
+    return Path(held.name)
 
 
 def _emit(trace: dict, as_json: bool, tz: dt.tzinfo) -> None:

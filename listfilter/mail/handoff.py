@@ -12,7 +12,8 @@ that batch again, :func:`resolve` asks Postfix what it holds:
   reached cleanup(8) yet, so the log cannot know it. postqueue lists only
   complete maildrop files: a sendmail killed before postdrop(1) finished
   left nothing that Postfix will deliver;
-- its **log**, read from where it ended before the delivery's first batch:
+- its **log**, read from where it ended before the delivery's first batch
+  (from the systemd journal: from the time of the first batch, with ``journalctl``):
   every submission by sendmail leaves ``QUEUEID: uid=UID from=<SENDER>``
   (pickup(8)), ``QUEUEID: message-id=ID`` (cleanup(8)) and, once it is
   safely queued, ``QUEUEID: from=<SENDER>, size=N, nrcpt=N (queue active)``
@@ -59,10 +60,21 @@ class Verdict:
                 f" queue_id={self.queue_id!r})")
 
 
+#: The ``postfix_log`` setting when Postfix logs to the systemd journal: ``journal``, or
+#: ``journal:DIRECTORY`` for journal files elsewhere (journalctl --directory).
+JOURNAL = "journal"
+#: How far before the recorded time the journal is read: entries carry the time they were logged.
+JOURNAL_SLACK = 5.0
+
+
 def log_position(path: str | None) -> dict | None:
-    """Where Postfix's log ends now (its path, inode and size); None if there is no such file."""
+    """Where Postfix's log ends now (its path, inode and size; for the journal, the time); None if
+    there is no such file."""
     if not path:
         return None
+    if path == JOURNAL or path.startswith(JOURNAL + ":"):
+        # nothing to ask the journal now: a retry reads it from this time on (no process per post)
+        return {"journal": path, "since": time.time()}
     try:
         st = os.stat(path)
     except OSError:
@@ -134,10 +146,16 @@ def look(flight: dict, recorded: list[int], *, message_id: str, sender: str, pos
         return Verdict(pending=True, why=f"in Postfix's maildrop queue as {waiting}")
     if not message_id:
         return Verdict(why="no Message-ID was recorded for it")
-    files, problem = log_files(position)
+    from ..common.reinjection import submissions as matching
+
+    if position and position.get("journal"):
+        found, problem = journal_lines(position)
+    else:
+        files, problem = log_files(position)
+        found = lines(files)
     if problem:
         return Verdict(why=problem)
-    attempts = submissions(files, message_id=message_id, sender=sender, uid=uid)
+    attempts = matching(found, message_id=message_id, sender=sender, uid=uid)
     confirmed = [(qid, n) for qid, n in attempts if n is not None]
     if len(confirmed) > len(recorded):
         qid, nrcpt = confirmed[-1]
@@ -210,12 +228,26 @@ def log_files(position: dict | None) -> tuple[list[tuple[Path, int]], str]:
     return files, ""
 
 
-def submissions(files: list[tuple[Path, int]], *, message_id: str, sender: str, uid: int) -> list:
-    """``(queue id, nrcpt or None)`` of every submission of the post by this user from ``sender``
-    in ``files``, in log order (:func:`listfilter.common.reinjection.submissions`)."""
-    from ..common.reinjection import submissions as matching
+def journal_lines(position: dict) -> tuple[list[bytes], str]:
+    """The journal's mail lines since the recorded time, as syslog lines (``journalctl -o
+    short-iso``); or a reason why they cannot be had. Needs the journal's group: the deliver
+    pipe's ``user=listfilter:systemd-journal`` ([postfix] log_group)."""
+    import subprocess
 
-    return matching(lines(files), message_id=message_id, sender=sender, uid=uid)
+    _, _, directory = position["journal"].partition(":")
+    since = float(position.get("since", 0)) - JOURNAL_SLACK
+    argv = ["journalctl", "--no-pager", "-q", "-o", "short-iso", "--since", f"@{since:.0f}"]
+    if directory:
+        argv += ["--directory", directory]
+    try:
+        proc = subprocess.run(argv + ["SYSLOG_FACILITY=2"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=POSTQUEUE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [], f"the journal cannot be read ({exc})"
+    if proc.returncode != 0:
+        why = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        return [], f"the journal cannot be read by uid {os.getuid()} ({why[-1] if why else proc.returncode})"
+    return proc.stdout.splitlines(), ""
 
 
 def lines(files: list[tuple[Path, int]]):

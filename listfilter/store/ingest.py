@@ -250,20 +250,21 @@ def _follow(config: Config, store: Store, notes: list[str], warnings: list[str])
     """
     from ..sync import follow as FO
 
-    where = f"postfix log {config.postfix.log_file}"
+    source = "the journal" if config.postfix.journal else str(config.postfix.log_file)
+    where = f"postfix log {source}"
     try:
         result = FO.follow(config, store)
     except (StoreError, FO.FollowError) as exc:
         warnings.append(f"{where} not read: {exc}")
         return ""
     except OSError as exc:
-        warnings.append(f"{where} not read: {exc.filename or config.postfix.log_file}: {exc.strerror}"
-                        " (members' outcomes not recorded; docs/operations.md)")
+        why = f"{exc.filename or source}: {exc.strerror}" if exc.strerror else str(exc)
+        warnings.append(f"{where} not read: {why} (members' outcomes not recorded; docs/operations.md)")
         return ""
     except Exception as exc:  # the spool's events are in: say what failed, and only that
         warnings.append(f"{where} not read: internal error ({type(exc).__name__}: {exc})")
         return ""
-    if result.missing:  # not set up (or the journal only): `listfilter check` reports it as a problem
+    if result.missing:  # not set up: `listfilter check` reports it as a problem
         return ""
     if result.busy:
         return f"{where}: another log follower is running"

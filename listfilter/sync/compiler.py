@@ -143,6 +143,13 @@ def summary(lst: CompiledList) -> str:
     return summary_line(lst.address, len(lst.members), len(lst.posters), lst.posters_rule)
 
 
+def _postfix_log(postfix) -> str:
+    """The ``postfix_log`` setting: the log file, or the journal (mail/handoff.py's JOURNAL form)."""
+    if not postfix.journal:
+        return str(postfix.log_file)
+    return "journal" + (f":{postfix.journal_directory}" if postfix.journal_directory else "")
+
+
 def site_settings(config) -> dict[str, str]:
     """What the mail side needs from [site] (snapshot.SETTINGS), carried in the
     snapshot's meta table so that `deliver` reads one file and never the config."""
@@ -153,7 +160,8 @@ def site_settings(config) -> dict[str, str]:
         "sendmail": site.sendmail,
         "notice_limit": str(site.notice_limit),
         # for a retry after a kill: did Postfix already take the batch in flight? (mail/handoff.py)
-        "postfix_log": str(config.postfix.log_file),
+        # ("journal[:DIRECTORY]" when Postfix logs to the systemd journal)
+        "postfix_log": _postfix_log(config.postfix),
         "postqueue": str(config.postfix.postqueue),
         # whose Authentication-Results a post's From rests on (mail/rules.py, authenticated); no DNS
         # lookup for the host's name where no list needs it

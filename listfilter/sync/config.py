@@ -169,6 +169,11 @@ class Site:
         return self.token_key_file or self.state_dir / KEY_NAME
 
 
+#: Where Postfix's log lines are read from: ``log_file`` (syslog's file, or main.cf's maillog_file), or
+#: the systemd journal (journalctl).
+LOG_SOURCES = ("file", "journal")
+
+
 @dataclass(frozen=True)
 class PostfixSettings:
     config_directory: Path | None
@@ -178,6 +183,12 @@ class PostfixSettings:
     maxproc: int  # master.cf's process limit for the pipes
     log_file: Path  # where Postfix's log lines land (syslog's file, or main.cf's maillog_file)
     log_group: str | None  # the deliver pipe's group (user=listfilter:GROUP), for reading log_file
+    log_source: str = "file"  # LOG_SOURCES: Postfix's lines in log_file, or in the systemd journal
+    journal_directory: Path | None = None  # journalctl --directory: a journal other than the host's
+
+    @property
+    def journal(self) -> bool:
+        return self.log_source == "journal"
 
     @property
     def postqueue(self) -> Path:
@@ -1080,7 +1091,11 @@ def _postfix(t: _Table, base: Path) -> PostfixSettings:
         maxproc=t.integer("maxproc", 4, minimum=1),
         log_file=t.path("log_file", "/var/log/mail.log", base),
         log_group=t.string("log_group", None),
+        log_source=t.choice("log_source", "file", LOG_SOURCES),
+        journal_directory=t.path("journal_directory", "", base) if "journal_directory" in t.data else None,
     )
+    if settings.journal_directory is not None and not settings.journal:
+        raise ConfigError("postfix.journal_directory", 'only read with log_source = "journal"')
     if settings.log_group is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", settings.log_group):
         raise ConfigError("postfix.log_group", f"{settings.log_group!r} is not a group name")
     t.done()

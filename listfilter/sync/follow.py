@@ -3,7 +3,8 @@
 ``listfilter sync`` runs :func:`follow` after moving the spool into the store
 (:func:`listfilter.store.ingest.after_sync`). It reads ``[postfix] log_file``
 from where it stopped (:class:`listfilter.sync.postfixlog.LogReader`: across
-rotation, each complete line once), at most :data:`MAX_LINES` lines or
+rotation, each complete line once), or with ``log_source = "journal"`` the
+systemd journal from its cursor (:class:`~listfilter.sync.postfixlog.JournalReader`), at most :data:`MAX_LINES` lines or
 :data:`MAX_SECONDS` seconds per sync, and writes what it found in one
 transaction (:class:`listfilter.store.deliveries.Writer`); only then does it
 replace its position file, ``<state_dir>/maillog/log-position.json``
@@ -50,7 +51,7 @@ from ..common.paths import service_uid
 from ..common.words import plural
 from ..store.migrations import DELIVERY_STATUSES
 from .config import Config
-from .postfixlog import LogLine, LogReader, local_zone
+from .postfixlog import JournalReader, LogLine, LogReader, local_zone
 
 #: The follower's state in ``<state_dir>/maillog/``: where it stopped, and the copies still open.
 POSITION_NAME = "log-position.json"
@@ -245,10 +246,13 @@ def follow(config: Config, store, *, max_lines: int = MAX_LINES, max_seconds: fl
             result.busy = True
             return result
         saved = _load(state)
-        if not log_path.exists():
+        if config.postfix.journal:
+            reader = JournalReader(saved.get("log"), directory=config.postfix.journal_directory)
+        elif not log_path.exists():
             result.missing = True
             return result
-        reader = LogReader(log_path, saved.get("log"), zone=zone or local_zone())
+        else:
+            reader = LogReader(log_path, saved.get("log"), zone=zone or local_zone())
         try:
             carried = [_Copy.from_json(c) for c in saved.get("open") or []]
         except (KeyError, TypeError, ValueError) as exc:
@@ -272,7 +276,7 @@ def follow(config: Config, store, *, max_lines: int = MAX_LINES, max_seconds: fl
         writer.commit(store)
         result.position = reader.position
         try:
-            st = log_path.stat()
+            st = None if config.postfix.journal else log_path.stat()
         except OSError:
             st = None
         if st is not None:  # still in <log>.1 after a rotation: at least the whole new file
@@ -362,7 +366,8 @@ def _load(path: Path) -> dict:
     log = data.get("log") if isinstance(data, dict) else None
     if not isinstance(data, dict) or not (log is None or (
             isinstance(log, dict) and isinstance(log.get("path"), str) and isinstance(log.get("offset", 0), int)
-            and isinstance(log.get("inode"), (int, type(None))))):
+            and isinstance(log.get("inode"), (int, type(None)))) or (  # a LogReader's, or a JournalReader's
+            isinstance(log, dict) and log.get("journal") is True and isinstance(log.get("cursor"), (str, type(None))))):
         raise FollowError(f"the log follower's position {path} is not one it wrote: remove it to read"
                           " the log again from the start of the current file")
     return data

@@ -20,6 +20,21 @@ CLUB = "club@lists.example.edu"
 STUDENTS = "students@lists.example.edu"
 
 
+@pytest.fixture(autouse=True)
+def utc_host(monkeypatch):
+    """The samples were written on a UTC host: their traditional timestamps are read in UTC."""
+    monkeypatch.setenv("TZ", "UTC")
+    monkeypatch.setattr(T, "_ZONE", None)
+
+
+def test_lines_without_a_zone_are_read_in_the_hosts_zone_as_the_follower_reads_them(example_config, monkeypatch):
+    monkeypatch.setenv("TZ", "America/Chicago")
+    a = trace_json(example_config, "--log", str(DATA / "trace.log"), TRACE_ID)  # "Dec  1 21:24:44": CST
+    b = trace_json(example_config, "--log", str(DATA / "trace-iso.log"), TRACE_ID)  # ISO, with its zone
+    assert a["posts"][0]["lists"][0]["decision"]["time"] == "2026-12-02T03:24:44+00:00"
+    assert b["posts"][0]["lists"][0]["decision"]["time"] == "2026-12-01T21:24:44+00:00"
+
+
 def trace(config, *args):
     ran = listfilter(config, "trace", *args)
     assert ran.returncode == 0, ran.stderr

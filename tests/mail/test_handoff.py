@@ -259,9 +259,39 @@ def test_resolve_defers_while_postfix_picks_the_batch_up_then_gives_up(spool, lo
     assert verdict.pending and flight is None  # sent again
 
 
+def test_from_the_journal_a_submission_since_the_first_batch_is_the_batch_in_flight(tmp_path):
+    """With log_source = "journal" the position is a time; the retry reads the journal from it
+    (a real journal file, written by systemd-journal-remote, read by the real journalctl)."""
+    import datetime as dt
+
+    from ..harness.journal import Journal
+
+    journal = Journal(tmp_path / "journal")
+    setting = f"{H.JOURNAL}:{journal.directory}"
+    t0 = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=10)
+
+    def entries(text: str, at: dt.datetime):
+        out = []
+        for line in text.splitlines():
+            tag, _, message = line.split(" ", 4)[-1].partition(": ")
+            ident, _, pid = tag.rstrip("]").partition("[")
+            out.append((at, "mail", ident, pid, message))
+        return out
+
+    journal.append(entries(submission("0OLD0"), t0))  # an earlier delivery of the same Message-ID
+    position = {"journal": setting, "since": (t0 + dt.timedelta(minutes=5)).timestamp()}
+    assert H.log_position(setting) == {"journal": setting, "since": pytest.approx(time.time(), abs=5)}
+    assert ask(None, position=position).absent
+    journal.append(entries(submission("4BATCH1", nrcpt=5000), t0 + dt.timedelta(minutes=6)))
+    v = ask(None, position=position)
+    assert v.taken and v.queue_id == "4BATCH1" and v.why == "nrcpt=5000"
+    assert ask(None, position={"journal": f"{H.JOURNAL}:{tmp_path / 'none'}", "since": 0}).why.startswith(
+        "the journal cannot be read")
+
+
 def test_resolve_survives_an_unexpected_error(spool, log, monkeypatch):
     in_flight(spool, log)
-    monkeypatch.setattr(H, "submissions", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(H, "lines", lambda *a, **k: 1 / 0)
     verdict, flight, _, _ = resolve(spool, log)
     assert not verdict.taken and "internal error" in verdict.why and flight is None
 
