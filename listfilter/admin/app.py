@@ -16,11 +16,18 @@ from ``[web] proxies`` and, when set, the shared secret the proxy sends.
 waitress is told to pass those headers through untouched: its own
 ``trusted_proxy`` names one address, where ``proxies`` holds networks.
 
-Every POST carries a CSRF token bound to the session. Pages contain no
+Every POST but the one-click unsubscribe link's carries a CSRF token bound to the session. Pages contain no
 JavaScript (the Content-Security-Policy forbids it): a row opens in place with
 ``<details>``, and a message body is shown as escaped text, never as HTML.
-The app only reads the store, and the spool's directory listing to say when
-the log is behind. It never writes on a GET; moving the spool into the store
+The app reads the store, and the spool's directory listing to say when
+the log is behind; it writes only the changes an instructor makes to a list's
+extra members (``/lists/<address>/members``, a POST, through
+:mod:`listfilter.store.membership`) and an owner's decision on a held post
+(``/held/<id>``, a POST, through :mod:`listfilter.store.moderation`; sync
+releases an approved one), and the leave an opt-in list's one-click link asks
+for (``/unsubscribe/<token>``, a POST: RFC 8058's, the one route with neither
+sign-in nor CSRF token, :data:`PUBLIC_ENDPOINTS`; its signed token is the
+proof). It never writes on a GET; moving the spool into the store
 is sync's job (cron), so the app can run as a user of its own (docs/web.md).
 Its own session file is written by sign-in and sign-out (POSTs) only.
 """
@@ -48,6 +55,7 @@ from ..common.spool import pending_events
 from ..common.words import plural
 from ..store import database as ST
 from ..store import deliveries as DV
+from ..store import membership as MS
 from ..store.database import CONTROL_CHARS as _CONTROL, oneline
 from ..sync.config import Config, WebSettings
 from ..sync.templating import template_dir
@@ -68,9 +76,18 @@ MEMBER_FILTER_LABELS = {
     "not-sent": "a member not sent (deferred, bounced or expired)",
 }
 assert tuple(MEMBER_FILTER_LABELS) == tuple(DV.MEMBER_FILTERS)
+#: Membership changes shown on a list's members page (newest first).
+MEMBER_CHANGES = 50
+#: Decided held posts shown under the waiting ones (newest first).
+HELD_DECIDED = 50
 #: Failed sign-ins per client address (the real client, behind the proxy) before a pause.
 LOGIN_ATTEMPTS = 10
 LOGIN_WINDOW = 300.0
+
+#: The routes anyone may use, without a sign-in or a CSRF token: the one-click unsubscribe link's
+#: (RFC 8058 §3.1: the mail client's POST carries no cookie and no form token; the link's signed token,
+#: per member and list, is what proves it). Every other route stays behind the gate.
+PUBLIC_ENDPOINTS = ("unsubscribe_page", "unsubscribe_post")
 
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self';"
        " frame-ancestors 'none'; base-uri 'none'")
@@ -251,6 +268,35 @@ def body_view(text: str | None) -> dict:
     return {"parts": [("text", text)], "attachments": [], "source": text, "decoded": False}
 
 
+def held_view(message: bytes) -> dict:
+    """What the held post page shows of a stored message: its header lines and its readable text
+    parts (HTML only ever as text), the names of its attachments, and the source."""
+    from email import message_from_bytes
+
+    head = message.replace(b"\r\n", b"\n").partition(b"\n\n")[0].decode("utf-8", "replace")
+    unfolded = head.replace("\n ", " ").replace("\n\t", " ")  # RFC 5322 §2.2.3
+    headers = [oneline(line) for line in unfolded.split("\n") if line.strip()]
+    parts, html, attachments = [], [], []
+    try:
+        msg = message_from_bytes(message, policy=email.policy.default)
+        for part in msg.walk():
+            if part.is_multipart():
+                continue
+            ctype = part.get_content_type()
+            if part.get_filename() or part.get_content_disposition() == "attachment":
+                attachments.append(oneline(part.get_filename() or ctype))
+            elif ctype == "text/plain":
+                parts.append(("text", part.get_content()))
+            elif ctype == "text/html":
+                html.append(("HTML, shown as text", part.get_content()))
+            else:
+                attachments.append(ctype)
+    except Exception:  # a message the parser cannot take apart: its source is all there is
+        parts, html, attachments = [], [], []
+    source = message[:LIST_BODY_CHARS * 16].decode("utf-8", "replace")
+    return {"headers": headers, "parts": parts or html, "attachments": attachments, "source": source}
+
+
 #: Events older than this still waiting in the spool mean sync is not ingesting them.
 BACKLOG_AGE = 3600
 
@@ -267,6 +313,36 @@ def backlog_warning(spool_dir: Path, now: float | None = None) -> str | None:
     verb = "has" if len(waiting) == 1 else "have"
     return (f"{plural(len(waiting), 'event')} {verb} waited in the spool for over an hour: the log is behind."
             " Is `listfilter sync` running from cron?")
+
+
+def _installed_members(config: Config, address: str) -> tuple[list[tuple[str, str, str]], str | None]:
+    """(email, name, source) of the list's members in the installed snapshot, and why there are none."""
+    from ..common.snapshot import Snapshot, SnapshotError
+
+    try:
+        with Snapshot(config.site.snapshot_path) as snap:
+            if snap.get_list(address) is None:
+                return [], "The installed snapshot has no such list yet: it appears at the next sync."
+            return snap.members_with_sources(address), None
+    except SnapshotError as exc:
+        return [], f"The installed snapshot cannot be read ({exc}): run listfilter sync."
+
+
+def _installed_counts(config: Config) -> dict[str, int]:
+    """Each list's member count in the installed snapshot (none without one)."""
+    from ..common.snapshot import Snapshot, SnapshotError
+
+    try:
+        with Snapshot(config.site.snapshot_path) as snap:
+            return {row.address: row.member_count for row in snap.lists()}
+    except SnapshotError:
+        return {}
+
+
+def _optin_lists(config: Config) -> dict[str, str]:
+    """Every opt-in list address of the config -> its display name there."""
+    return {f"{lst.local_part}@{d}": config.for_domain(lst, d).display_name
+            for lst in config.lists.values() if lst.optin is not None for d in lst.domains}
 
 
 def create_app(config: Config) -> Flask:
@@ -334,6 +410,8 @@ def create_app(config: Config) -> Flask:
     @app.before_request
     def gate():
         proxy = request.environ.get("listfilter.proxy", False)
+        if request.endpoint in PUBLIC_ENDPOINTS:  # the one-click link: its token is all it needs (RFC 8058)
+            return None
         if request.method == "POST":
             sent = request.form.get("csrf_token", "")
             expected = session.get("csrf", "")
@@ -453,6 +531,173 @@ def create_app(config: Config) -> Flask:
         return render("web/bounces.html.j2", scores=B.scores(g.store), notices=notices,
                       not_counted=B.records(g.store, not_counted=True, limit=100),
                       threshold=B.THRESHOLD, stale_after=B.STALE_AFTER_DAYS, ingest_warning=g.ingest_warning)
+
+    # -- members: each list's members and their sources; extra members added and removed here
+
+    @app.get("/lists")
+    def member_lists():
+        """Every list address, with its member count as installed, each linking to its members page."""
+        counts = _installed_counts(config)
+        return render("web/members.html.j2", lists=[(a, counts.get(a)) for a in MS.known_lists(config)],
+                      address=None, ingest_warning=g.ingest_warning)
+
+    def members_page(address: str, http_status: int = 200, error: str | None = None, form: dict | None = None):
+        if address not in MS.known_lists(config):
+            abort(404)
+        installed, snapshot_error = _installed_members(config, address)
+        return render("web/members.html.j2", http_status, address=address, installed=installed,
+                      snapshot_error=snapshot_error, extras=MS.extras(g.store, address),
+                      installed_keys={e.lower() for e, _, _ in installed},
+                      changes=MS.changes(g.store, address, MEMBER_CHANGES), error=error, form=form or {},
+                      done=request.args.get("done", "") if http_status == 200 else "",
+                      who=oneline(request.args.get("who", ""))[:320], until_text=lambda u: MS.describe_until(u, tz),
+                      ingest_warning=g.ingest_warning)
+
+    @app.get("/lists/<address>/members")
+    def list_members(address):
+        return members_page(address.lower())
+
+    @app.post("/lists/<address>/members")
+    def change_members(address):
+        """Add or remove an extra member (the form's ``action``), as the signed-in user, then show the page."""
+        address = address.lower()
+        if address not in MS.known_lists(config):
+            abort(404)
+        action = request.form.get("action", "")
+        text = oneline(request.form.get("email", ""))[:320]
+        name = oneline(request.form.get("name", ""))[:200]
+        until = oneline(request.form.get("until", ""))[:40]
+        try:
+            email = MS.parse_address(text)
+            if action == "add":
+                MS.add(g.store, address, email, name or None, MS.parse_until(until, tz) if until else None,
+                       g.user, "web", tz=tz)
+            elif action == "remove":
+                MS.remove(g.store, address, email, g.user, "web", config=config)
+            else:
+                return problem(400, "Bad request", "The form names no change to make.")
+        except MS.MembershipError as exc:
+            return members_page(address, 400, error=str(exc), form={"email": text, "name": name, "until": until})
+        except (ST.StoreError, *g.store.refused_errors()) as exc:
+            log.error("membership change by %s refused: %s", g.user, exc)
+            return problem(503, "Change not saved",
+                           f"The store refused the change ({oneline(exc)}). The web app's database role needs"
+                           " INSERT, UPDATE and DELETE on list_members and member_changes (docs/web.md).")
+        log.info("%s: %s %s on %s", g.user, action, email, address)
+        return redirect(url_for("list_members", address=address, done=action, who=email))
+
+    # -- held posts (moderation): what waits for the owners, one post's headers and body, approve or discard
+
+    @app.get("/held")
+    def held_list():
+        """The held posts of every list, and the recent decisions (sync releases an approved post)."""
+        from ..store import moderation as MOD
+
+        known = MS.known_lists(config)
+        return render("web/held.html.j2", waiting=MOD.held_posts(g.store, lists=known),
+                      decided=MOD.held_posts(g.store, lists=known, status=MOD.DECIDED_STATUSES, limit=HELD_DECIDED),
+                      post=None, done=request.args.get("done", ""), ingest_warning=g.ingest_warning)
+
+    def held_page(held_id: str, http_status: int = 200, error: str | None = None):
+        from ..store import moderation as MOD
+
+        if not valid_id(held_id):
+            abort(404)
+        post = MOD.get(g.store, held_id.lower())
+        if post is None or post.list_address not in MS.known_lists(config):
+            abort(404)
+        return render("web/held.html.j2", http_status, post=post, view=held_view(post.message), error=error,
+                      done=request.args.get("done", "") if http_status == 200 else "",
+                      ingest_warning=g.ingest_warning)
+
+    @app.get("/held/<held_id>")
+    def held_detail(held_id):
+        return held_page(held_id)
+
+    @app.post("/held/<held_id>")
+    def held_decide(held_id):
+        """Approve or discard a held post (the form's ``action``) as the signed-in user; sync releases it."""
+        from ..store import moderation as MOD
+
+        action = request.form.get("action", "")
+        if action not in MOD.DECISIONS:
+            return problem(400, "Bad request", "The form names no decision (approve or discard).")
+        if not valid_id(held_id):
+            abort(404)
+        post = MOD.get(g.store, held_id.lower())
+        if post is None or post.list_address not in MS.known_lists(config):
+            abort(404)
+        from datetime import datetime, timezone
+
+        try:
+            result = MOD.decide(g.store, post.id, action, g.user, "web", datetime.now(timezone.utc))
+        except (ST.StoreError, *g.store.refused_errors()) as exc:
+            log.error("held post decision by %s refused: %s", g.user, exc)
+            return problem(503, "Decision not saved",
+                           f"The store refused the change ({oneline(exc)}). The web app's database role needs"
+                           " UPDATE on held_posts (docs/web.md).")
+        if not result.changed:
+            return held_page(post.id, 409, error=result.message)
+        log.info("%s: %s held post %s on %s", g.user, action, post.id, post.list_address)
+        return redirect(url_for("held_detail", held_id=post.id, done=result.status))
+
+    # -- the one-click unsubscribe link of an opt-in list's copies (RFC 8058): public, by design
+
+    def unsubscribe_claim(token: str):
+        """(claim, None) for a valid unsubscribe token of an opt-in list here, else (None, the page saying why)."""
+        from ..common import tokens as TK
+
+        def page(status: int, title: str, detail: str):
+            return render_template("web/unsubscribe.html.j2", title=title, detail=detail, claim=None,
+                                   list_name="", done=False, token=""), status
+
+        try:
+            claim = TK.verify(TK.load_key(config.site.token_key), token, time.time(), actions=("unsubscribe",))
+        except TK.TokenKeyError as exc:
+            log.error("%s (the web app's user must be able to read it: docs/web.md)", exc)
+            return None, page(503, "Unavailable", "This link cannot be checked just now. Try again later.")
+        except TK.TokenError:
+            return None, page(400, "Link not valid", "This unsubscribe link is not valid: it was changed or"
+                                                     " cut short. Use the link in a recent message of the list.")
+        if claim.list_address not in _optin_lists(config):
+            return None, page(404, "No such list", "This link is for a list that no longer takes"
+                                                   " unsubscribe requests here.")
+        return claim, None
+
+    @app.get("/unsubscribe/<token>")
+    def unsubscribe_page(token):
+        """What the link would do, and a button that does it: a GET changes nothing (link scanners follow them)."""
+        claim, failed = unsubscribe_claim(token)
+        if failed:
+            return failed
+        return render_template("web/unsubscribe.html.j2", title="Unsubscribe", detail="", claim=claim,
+                               list_name=_optin_lists(config)[claim.list_address], done=False, token=token)
+
+    @app.post("/unsubscribe/<token>")
+    def unsubscribe_post(token):
+        """RFC 8058's one-click POST (``List-Unsubscribe=One-Click``), or the page's button: the leave, in the
+        store (the joined or extra membership; the list changes at the next sync)."""
+        claim, failed = unsubscribe_claim(token)
+        if failed:
+            return failed
+        try:
+            with ST.open_store(config.store) as store:
+                store.require_current()
+                try:
+                    change = MS.leave(store, claim.list_address, claim.subject, claim.subject, "one-click",
+                                      sources=("joined", "extra"))
+                except store.refused_errors() as exc:  # its role lacks the GRANTs (docs/web.md)
+                    raise ST.StoreError(f"the store refused the change: {oneline(exc)}") from None
+        except ST.StoreError as exc:
+            log.error("one-click unsubscribe of %s from %s not saved: %s", claim.subject, claim.list_address, exc)
+            return render_template("web/unsubscribe.html.j2", title="Not saved", claim=None, list_name="",
+                                   done=False, token="", detail="Your request could not be saved just now."
+                                   " Try again later, or reply to a message of the list."), 503
+        log.info("one-click unsubscribe: %s from %s%s", claim.subject, claim.list_address,
+                 "" if change else " (no joined or extra membership)")
+        return render_template("web/unsubscribe.html.j2", title="Unsubscribed", detail="", claim=claim,
+                               list_name=_optin_lists(config)[claim.list_address], done=True, left=change is not None,
+                               token="")
 
     @app.errorhandler(404)
     def not_found(exc):

@@ -1,4 +1,4 @@
-"""`sync`, `maps`, `lists`, `members` and `postfix-config`: compiling and showing the lists."""
+"""`sync`, `maps`, `lists` and `postfix-config`: compiling and showing the lists (`members`: :mod:`.members`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ..sync import config as C
 from ..sync import maps as M
 from ..sync import roster as R
 from ..sync import run as Y
-from . import cli, fail, load_config
+from . import cli, load_config
 
 #: Overrides --user's default (e.g. ``root`` for a sync that must not divide itself).
 SYNC_USER_ENV = "LISTFILTER_SYNC_USER"
@@ -138,14 +138,23 @@ def maps_cmd(ctx):
 
 
 def _compiled(config: C.Config) -> list:
-    return K.compile_lists(config, R.load(config))
+    """The lists as the next sync would compile them: the roster's members and the store's
+    (extra and joined members; a store that is down keeps the installed snapshot's, with a warning)."""
+    from ..store.membersync import before_sync
+
+    kept = before_sync(config, ingest=False)
+    warnings = kept.warnings + ([f"extra and joined members not read: {kept.store_error}{kept.kept_note()}"]
+                                if kept.store_error else [])
+    for warning in warnings:
+        click.echo(f"listfilter: warning: {warning}", err=True)
+    return K.compile_lists(config, R.load(config), kept.added)
 
 
 @cli.command("lists")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def lists_cmd(ctx, as_json):
-    """Show every list address with its member count and who may post (live from the roster)."""
+    """Show every list address with its member count and who may post (live, as the next sync would)."""
     config = load_config(ctx)
     lists = _compiled(config)
     if as_json:
@@ -157,28 +166,6 @@ def lists_cmd(ctx, as_json):
         return
     for l in lists:
         click.echo(f"{l.address}\t{l.display_name}\t{plural(len(l.members), 'member')}\tposters: {l.posters_rule}")
-
-
-@cli.command()
-@click.argument("list_name", metavar="LIST")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def members(ctx, list_name, as_json):
-    """Show the members of LIST (a list address, or a list name for every domain it is on)."""
-    config = load_config(ctx)
-    wanted = list_name.lower()
-    lists = [l for l in _compiled(config) if wanted in (l.address, l.name.lower())]
-    if not lists:
-        fail(f"no list {list_name!r} (see `listfilter lists`)")
-    if as_json:
-        click.echo(json.dumps({l.address: [{"email": e, "name": n} for e, n in l.members] for l in lists},
-                              indent=2))
-        return
-    for l in lists:
-        if len(lists) > 1:
-            click.echo(f"# {l.address}")
-        for email, name in l.members:
-            click.echo(f"{email}\t{name}" if name else email)
 
 
 # ---------------------------------------------------------------- postfix

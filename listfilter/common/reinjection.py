@@ -26,6 +26,13 @@ PICKUP = rb"uid=(\d+) from=<(.*)>$"
 QMGR = rb"from=<(.*)>, size=\d+, nrcpt=(\d+) "
 
 
+def is_ours(pickup_uid: str | bytes, pickup_from: str | bytes, *, uid: int | None, senders) -> bool:
+    """The rule, from pickup(8)'s ``uid=UID from=<SENDER>``: submitted by ``uid`` (None: any user)
+    from one of ``senders`` (lower-cased -bounces addresses, as str or bytes like the line). A copy
+    that also carries the post's Message-ID (cleanup's line) is one of the post's copies."""
+    return (uid is None or int(pickup_uid) == uid) and pickup_from.lower() in senders
+
+
 def submissions(lines: Iterable[bytes], *, message_id: str, sender: str, uid: int | None) -> list:
     """``(queue id, nrcpt or None)`` of every submission of the post from ``sender`` (by ``uid``;
     None: any user), in log order; nrcpt is None until qmgr has logged the message as queued.
@@ -50,7 +57,7 @@ def submissions(lines: Iterable[bytes], *, message_id: str, sender: str, uid: in
         daemon, qid, text = m.groups()
         if daemon == b"pickup":
             p = pickup_re.match(text)
-            if p and (uid is None or int(p.group(1)) == uid) and p.group(2).lower() in senders:
+            if p and is_ours(p.group(1), p.group(2), uid=uid, senders=senders):
                 ours[qid] = True
         elif daemon == b"cleanup":
             if text.startswith(b"message-id=") and b"".join(text[11:].split()) == want_id:

@@ -154,11 +154,18 @@ def decode_trusted(text: str) -> tuple[Trusted, ...]:
     return tuple(Trusted(tuple(d), tuple(n)) for d, n in json.loads(text or "[]"))
 
 
+#: The header of an approved post as sync releases it, naming its held id: the ``approved`` table's
+#: contract between the release (listfilter.store.moderation) and deliver's ``approved`` rule.
+APPROVED_HEADER = "X-Listfilter-Approved"
+
 #: The refusal notice's per-message fields, which sync leaves as markers.
 NOTICE_FIELDS = ("poster", "original_subject", "original_date", "reason")
 #: The per-message fields of :data:`TEXT_KINDS`: who asked (``address``), the token that
-#: confirms and the address a reply goes to, when it expires, and the held post's id.
-TEXT_FIELDS = NOTICE_FIELDS + ("address", "token", "reply_address", "expires", "held_id")
+#: confirms and the address a reply goes to, when it expires, and the held post's id;
+#: ``second_token`` is an owner's other answer (deny beside admit, discard beside approve);
+#: ``excerpt`` the first lines of a held post's body.
+TEXT_FIELDS = NOTICE_FIELDS + ("address", "token", "reply_address", "expires", "held_id", "second_token",
+                               "excerpt")
 
 
 def notice_marker(field: str) -> str:

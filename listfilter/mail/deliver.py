@@ -8,9 +8,12 @@ master.cf runs it with a fixed command line::
 It reads the message once, looks the list up in the snapshot, gathers the
 facts the rules need (:mod:`listfilter.mail.rules`), runs the chain, and
 acts: rewrites the headers and hands the post to ``sendmail`` with VERP,
-sends the poster a refusal notice, or drops a loop or a duplicate. Every
+sends the poster a refusal notice, holds it for the owners
+(:mod:`listfilter.mail.moderation`), or drops a loop or a duplicate. Every
 outcome is one event in the spool and one syslog line naming the rule.
-Standard library only: it runs once per message.
+Mail to -owner goes to the owners; mail to an opt-in list's -join and
+-leave, and to any list's -request, is a command or a confirmation
+(:mod:`listfilter.mail.requests`). Standard library only: it runs once per message.
 
 Exit status (sysexits, as pipe(8) reads it): 0 delivered, discarded, or
 refused and notified; 67 no such list (Postfix bounces); 75 anything
@@ -32,7 +35,7 @@ from ..common.addresses import bounces_address, parse_recipient, verp_member
 from ..common.errors import Defer, ListfilterError, NoSuchList
 from ..common.events import Event, now_utc, post_key, stable_id
 from ..common.paths import DEFAULT_SNAPSHOT
-from ..common.snapshot import Snapshot, decode_trusted
+from ..common.snapshot import APPROVED_HEADER, Snapshot, decode_trusted
 from ..common.words import plural
 from . import rules as R
 from .command import ending, help_requested, log, parse, print_help, queue_id_of, run, usage
@@ -83,10 +86,16 @@ def deliver(args: dict, raw: bytes) -> str:
                 member = verp_member(target.extension) if target.extension else None
                 return (f"bounce for {row.address}{' from member ' + member if member else ''} received;"
                         " nothing sent")
+            if target.kind in ("join", "leave") and not row.optin:  # the maps have no such address
+                raise NoSuchList(f"<{args['recipient']}>: {row.address} is not an opt-in list")
             deferral.row = row
             deferral.job = job = Job(args, raw, snap, row)
-            if target.kind in ("owner", "request"):
+            if target.kind == "owner":
                 return job.to_owners(target.kind)
+            if target.kind in ("join", "leave", "request"):  # commands and confirmations
+                from .requests import handle
+
+                return handle(job, target.kind)
             return job.post()
     except NoSuchList:
         raise
@@ -220,13 +229,17 @@ class Job:
             return self._decide_and_act(progress, from_addr)
 
     def _decide_and_act(self, progress: SP.Delivery, from_addr: str | None) -> str:
+        may_post = bool(from_addr) and self.snap.may_post(self.row.address, from_addr)
+        held_id = (header_text(self.headers, APPROVED_HEADER) or "").strip()
         facts = R.Post(
-            headers=self.headers, list_row=self.row, from_address=from_addr,
-            may_post=bool(from_addr) and self.snap.may_post(self.row.address, from_addr),
+            headers=self.headers, list_row=self.row, from_address=from_addr, may_post=may_post,
             delivered_recently=progress.done and progress.recent(SP.DUPLICATE_WINDOW_DAYS),
             message_id=self.event.message_id, from_problem=self.from_problem,
             authserv_id=self.settings["authserv_id"], trusted=decode_trusted(self.settings["authenticated_trusted"]),
-            client_address=self.client_address)
+            client_address=self.client_address,
+            is_member=bool(from_addr) and not may_post and self.snap.member(self.row.address, from_addr) is not None,
+            post_key=progress.data["message"],
+            approved_key=self.snap.approved(self.row.address, held_id) if held_id else None)
         decision, trail = R.decide(facts)
         if self.dry:
             for name, verdict in trail:
@@ -242,13 +255,17 @@ class Job:
             return self._record("discarded", decision, f"{decision.rule}: {decision.reason}")
         if decision.action == R.REFUSE:
             return self._refuse(decision, from_addr)
+        if decision.action == R.HOLD:
+            from .moderation import hold
+
+            return hold(self, decision)
         return self._send(progress, from_addr, decision)
 
     def _send(self, progress: SP.Delivery, from_addr: str | None, decision) -> str:
         """Hand the post to sendmail in batches, each recorded as in flight before it goes and as
         accepted after; a batch a killed attempt left in flight is settled first (:mod:`.handoff`)."""
         from .handoff import log_position, message_id_of, resolve
-        from .headers import rewrite_headers, wrap_message
+        from .headers import rewrite_headers, unsubscribe_fields, wrap_message
         from ..common.sendmail import submit
 
         if self.new_message_id and progress.data.get("message_id"):
@@ -269,8 +286,11 @@ class Job:
         else:
             fields = rewrite_headers(self.headers, self.row, now, message_id=new_id,
                                      munge=(self.event.sender_name, from_addr) if mitigation else None)
-        rewritten = render(fields, body)
         staging = self.row.redirect_to  # the staging valve: every copy goes only there, naming the real ones
+        # an opt-in list's members each get a copy of their own, with their own unsubscribe link (RFC 8058);
+        # the staging valve's one copy, and a dry run's, name no member's and carry only the mailto
+        per_member = self.row.optin and not staging
+        rewritten = render(fields + (unsubscribe_fields(self.row) if self.row.optin else []), body)
         copies_to = ST.redirected(recipients, staging)
         if staging:
             rewritten = ST.redirect_header(recipients) + rewritten
@@ -287,12 +307,18 @@ class Job:
         resolve(progress, self.settings, sender=bounces, queue_id=self.queue_id)
         already = progress.accepted
         todo = [r for r in copies_to if r.lower() not in already]
-        parts = R.batches(todo)
+        # one batch per member when each copy differs: the progress record then says, member by member,
+        # who Postfix took, and a retry after a kill settles at most the one in flight (handoff.resolve)
+        parts = [[r] for r in todo] if per_member else R.batches(todo)
         sent = len(copies_to) - len(todo)
         self.handed = [r for r in copies_to if r.lower() in already]
-        stdin = progress.message_file(rewritten) if parts else None
+        stdin = progress.message_file(rewritten) if parts and not per_member else None
+        key = self._unsubscribe_key() if parts and per_member else None
         where = log_position(self.settings.get("postfix_log")) if parts and not progress.batches else None
         for n, batch in enumerate(parts, start=1):
+            if per_member:
+                stdin = progress.message_file(render(fields + unsubscribe_fields(self.row, self._unsubscribe_token(
+                    key, batch[0])), body))
             progress.begin_batch(batch, message_id=message_id_of(fields), log_position=where)
             try:
                 submit(self.settings["sendmail"], bounces, batch, stdin, verp=True)
@@ -311,6 +337,18 @@ class Job:
                             + (f", {redirect_note}" if redirect_note else "")
                             + (f", dmarc={mitigation.mode} ({mitigation.reason})" if mitigation else ""),
                             recipients, error="; ".join(t for t in (redirect_note, nobody, dmarc_note) if t))
+
+    def _unsubscribe_key(self) -> bytes | None:
+        """The token key, when the list's copies carry one-click links (missing: Defer, the world may change)."""
+        from ..common.tokens import load_key
+
+        return load_key(self.settings["token_key"]) if self.row.unsubscribe_url else None
+
+    def _unsubscribe_token(self, key: bytes | None, member: str) -> str | None:
+        """A member's one-click token for this list: it never expires (RFC 8058 links live in old mail)."""
+        from ..common.tokens import make
+
+        return make(key, "unsubscribe", self.row.address, member.lower(), 0) if key is not None else None
 
     def _dmarc(self, from_addr: str | None):
         """The DMARC mitigation this post gets (rules.dmarc_mitigation, from the snapshot's dmarc table),

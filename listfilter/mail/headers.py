@@ -44,6 +44,9 @@ Errors-To                        removed    Obsolete; some MTAs still send bounc
 X-Listfilter-Redirected-         removed    Only the staging valve (``redirect_all_to``) writes
 Recipients                                  it, naming a post's real recipients; a poster's
                                             own would tell members a made-up story.
+X-Listfilter-Approved            removed    Only sync's release of a held post writes it (the
+                                            ``approved`` rule reads it first); it tells members
+                                            nothing, and a poster's own decides nothing.
 Date, Message-ID                 added      when the post has none (or an empty Message-ID):
                                             ``sendmail -G`` makes Postfix add neither, and the
                                             Message-ID is what traces the copies.
@@ -72,8 +75,13 @@ Kept on purpose:
   that no mail software can read it as a line break and find a header the
   poster smuggled in, and a line over 998 characters is folded.
 
-No List-Unsubscribe is added: membership comes from the course roster, and a
-member cannot leave the list by mail.
+No List-Unsubscribe is added to a roster list's post: membership comes from
+the course roster, and a member cannot leave the list by mail. Each member's
+copy of an opt-in list's post carries its own (:func:`unsubscribe_fields`):
+RFC 2369 ``List-Unsubscribe: <mailto:LIST-leave@…?subject=leave>`` and, when
+the admin app's ``[web] url`` is set, the member's one-click link
+``<https://…/unsubscribe/TOKEN>`` with RFC 8058 ``List-Unsubscribe-Post:
+List-Unsubscribe=One-Click`` (the token names the list and the member).
 
 The DMARC mitigation
 --------------------
@@ -108,7 +116,8 @@ import re
 from email.headerregistry import Address
 from email.utils import format_datetime
 
-from ..common.addresses import list_id, owner_address, request_address
+from ..common.addresses import list_id, owner_address, request_address, service_address
+from ..common.snapshot import APPROVED_HEADER
 from ..common.staging import REDIRECT_HEADER
 from .message import Field, Headers, all_texts, fold_tokens, header_text, make_field, make_policy, phrase_tokens
 from .subject import new_subject
@@ -124,6 +133,7 @@ REMOVED_HEADERS = (
     "Errors-To",
     "Precedence",
     REDIRECT_HEADER,  # only the staging valve writes it: never the poster's
+    APPROVED_HEADER,  # read by the approved rule, then gone
 )
 #: RFC 5322 allows one of each: the first is kept, any other is dropped.
 SINGLE_HEADERS = ("Date", "Message-ID", "Sender", "In-Reply-To", "References", "Cc", "Reply-To")
@@ -221,6 +231,20 @@ def rewrite_headers(headers: Headers, lst, now: datetime.datetime, *, message_id
         make_field("Precedence", "list", policy),
         make_field(LOOP_HEADER, lst.address, policy),
     ]
+    return out
+
+
+def unsubscribe_fields(lst, token: str | None = None) -> list[bytes]:
+    """The List-Unsubscribe of one member's copy of an opt-in list's post (RFC 2369): mailto the list's
+    -leave address, and with ``token`` (the member's, :mod:`listfilter.common.tokens`) and the list's
+    ``unsubscribe_url`` also the one-click link, announced by RFC 8058's List-Unsubscribe-Post."""
+    policy = make_policy()
+    targets = [f"<mailto:{service_address(lst.address, 'leave')}?subject=leave>"]
+    if token and lst.unsubscribe_url:
+        targets.append(f"<{lst.unsubscribe_url}/{token}>")
+    out = [make_field("List-Unsubscribe", ", ".join(targets), policy)]
+    if len(targets) > 1:
+        out.append(make_field("List-Unsubscribe-Post", "List-Unsubscribe=One-Click", policy))
     return out
 
 

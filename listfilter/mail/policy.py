@@ -12,7 +12,9 @@ re-opening the snapshot when sync replaces it, until Postfix closes the stream.
 
 For RCPT to a list address, an envelope sender that may not post gets
 ``action=550 5.7.1 …`` naming the list and who may post (and so does the
-null sender); everything else gets ``action=DUNNO``. Each refusal is one
+null sender), unless the list would hold their post for its owners
+(``non_member_posts`` or ``non_poster_posts`` = ``hold``: ``deliver`` holds
+it and tells them); everything else gets ``action=DUNNO``. Each refusal is one
 ``rejected`` event: the list, the envelope sender, the SMTP client's address
 and HELO name, and the reason (no message was received, so nothing else). The sender's own MTA
 tells the sender why, and listfilter has sent nothing: no backscatter. If the
@@ -58,12 +60,13 @@ def parse_request(lines: list[str]) -> dict[str, str]:
     return request
 
 
-def decide(request: dict[str, str], get_list, may_post) -> tuple[str, Event | None]:
+def decide(request: dict[str, str], get_list, may_post, is_member=None) -> tuple[str, Event | None]:
     """The action for one request, and the rejection to record (or None).
 
     ``get_list(address)`` returns the snapshot's list row or None;
-    ``may_post(list_address, sender)`` answers from the snapshot. Pure apart
-    from those two lookups.
+    ``may_post(list_address, sender)`` answers from the snapshot, and so does
+    ``is_member(list_address, sender)`` (None: nobody is a member). Pure apart
+    from those lookups.
     """
     if request.get("request") != "smtpd_access_policy" or request.get("protocol_state", "RCPT") != "RCPT":
         return DUNNO, None
@@ -78,6 +81,8 @@ def decide(request: dict[str, str], get_list, may_post) -> tuple[str, Event | No
         reason = f"<{row.address}> accepts no mail from the null sender"
     elif may_post(row.address, sender):
         return DUNNO, None
+    elif would_hold(row, bool(is_member and is_member(row.address, sender))):
+        return DUNNO, None  # deliver holds it for the owners (if its From is the same): not ours to refuse
     else:
         reason = f"<{sender}> may not post to <{row.address}>; only {row.posters_rule} may"
     event = Event(id=random_id(), status="rejected", list_address=row.address, created_at=now_utc(),
@@ -87,6 +92,12 @@ def decide(request: dict[str, str], get_list, may_post) -> tuple[str, Event | No
     # An explicit 550 rather than REJECT, whose code (access_map_reject_code)
     # defaults to 554: "mailbox unavailable / not allowed" is what this is.
     return f"550 5.7.1 {reason}", event
+
+
+def would_hold(row, member: bool) -> bool:
+    """Whether the list holds, rather than refuses, a post from a sender who may not post
+    (``non_poster_posts`` for a member, ``non_member_posts`` for anyone else)."""
+    return (row.non_poster_posts if member else row.non_member_posts) == "hold"
 
 
 class Service:
@@ -114,7 +125,8 @@ class Service:
             self.snap = None
             return DUNNO
         try:
-            action, event = decide(request, snap.get_list, snap.may_post)
+            action, event = decide(request, snap.get_list, snap.may_post,
+                                   lambda address, sender: snap.member(address, sender) is not None)
         except SnapshotError as exc:
             syslog.syslog(syslog.LOG_WARNING, f"policy: {exc}; answering DUNNO")
             return DUNNO

@@ -8,6 +8,10 @@ Authentication-Results count and where the post came from) and returns a
 is the order; the first decision wins, and a post that no rule stops is
 accepted. The runner (:mod:`listfilter.mail.deliver`) does all the I/O
 before and after; the log line and the event name the rule that decided.
+A rule may also accept (``approved``: a held post the owners approved is
+let through once, without the posting-rights checks below it), or hold
+(``poster``, on a list whose ``non_member_posts`` or ``non_poster_posts``
+is ``hold``: the post is kept for the owners, :mod:`listfilter.mail.moderation`).
 
 Who receives an accepted post is :func:`recipients`: the members, minus the
 poster (unless the list says otherwise), minus the list's own addresses (a
@@ -25,8 +29,8 @@ from ..common.addresses import is_own_address, service_addresses
 from ..common.snapshot import DMARC_FAILED, DMARC_GRACE, DMARC_STRICT, LOCAL_SUBMISSION, dmarc_always_match
 from .headers import is_loop
 
-#: What a rule decided: the rule's name, the action ("discard", "refuse" or
-#: "accept") and the reason in words.
+#: What a rule decided: the rule's name, the action ("discard", "refuse", "hold"
+#: or "accept") and the reason in words.
 Decision = namedtuple("Decision", "rule action reason")
 
 #: The facts about one post that the rules decide on. ``from_problem`` says why
@@ -34,13 +38,20 @@ Decision = namedtuple("Decision", "rule action reason")
 #: ``authserv_id`` is this host's (snapshot setting), ``trusted`` the site's
 #: ``authenticated_trusted`` (:class:`listfilter.common.snapshot.Trusted` entries),
 #: ``client_address`` the SMTP client Postfix received the post from ("" for sendmail).
+#: ``is_member``: the From address is one of the list's members (which of the list's
+#: moderation modes applies to a poster who may not post). ``post_key`` is what names the
+#: post (:func:`listfilter.common.events.post_key`); ``approved_key`` the post key the
+#: snapshot's ``approved`` table has for the held id the message's
+#: :data:`~listfilter.common.snapshot.APPROVED_HEADER` names (None: no such header, or not approved).
 Post = namedtuple("Post", "headers list_row from_address may_post delivered_recently message_id from_problem"
-                          " authserv_id trusted client_address",
-                  defaults=("", "", (), ""))
+                          " authserv_id trusted client_address is_member post_key approved_key",
+                  defaults=("", "", (), "", False, "", None))
 
 ACCEPT = "accept"
 DISCARD = "discard"
 REFUSE = "refuse"
+#: Kept for the list's owners to approve or discard (:mod:`listfilter.mail.moderation`).
+HOLD = "hold"
 
 
 def loop(post: Post) -> Decision | None:
@@ -59,12 +70,39 @@ def duplicate(post: Post) -> Decision | None:
     return None
 
 
+def approved(post: Post) -> Decision | None:
+    """The list's owners approved this very post: it was held, and sync is releasing it.
+
+    The release carries :data:`~listfilter.common.snapshot.APPROVED_HEADER` with
+    the held post's id, and the snapshot's ``approved`` row for that id must
+    name this message's post key: a poster who writes the header names no
+    approved id (they are random, and only sync's release knows them), and
+    an approved id on another message matches nothing. The header never
+    leaves the list (the rewrite removes it).
+    """
+    if post.approved_key and post.post_key and post.approved_key == post.post_key:
+        return Decision("approved", ACCEPT, "approved by the owners")
+    return None
+
+
 def poster(post: Post) -> Decision | None:
-    """The From address may not post (Reply-To and Sender never grant posting rights)."""
+    """The From address may not post (Reply-To and Sender never grant posting rights).
+
+    A valid From that may not post is held instead of refused when the list's
+    mode for that person says ``hold``: ``non_poster_posts`` for a member,
+    ``non_member_posts`` for anyone else. A message with no valid From is
+    always refused: there is nobody to tell it is held, or to hold it for.
+    """
     if not post.from_address:
         return Decision("poster", REFUSE, post.from_problem or "the message has no valid From address")
     if not post.may_post:
-        return Decision("poster", REFUSE, f"{post.from_address} is not allowed to post to {post.list_row.address}")
+        row = post.list_row
+        mode = row.non_poster_posts if post.is_member else row.non_member_posts
+        if mode == HOLD:
+            who = "a member who may not post" if post.is_member else "not a member"
+            return Decision("poster", HOLD, f"{post.from_address} is {who} of {row.address}; held for the"
+                                            " owners to approve")
+        return Decision("poster", REFUSE, f"{post.from_address} is not allowed to post to {row.address}")
     return None
 
 
@@ -135,6 +173,7 @@ def authentication_reason(found, domain: str, authserv_id: str) -> str:
 CHAIN = (
     (loop, "mail loop: the post already went through this list"),
     (duplicate, "duplicate: this Message-ID was delivered to this list recently"),
+    (approved, "moderation: the owners approved this held post (accepted; the rules below are skipped)"),
     (poster, "posting rights: the From address may post to this list"),
     (authenticated, "authenticity: the From domain passed DMARC at this host, or is trusted"),
 )

@@ -31,7 +31,8 @@ class MemberSync:
 
     #: list address -> (email, name, source) of the members the store keeps (listfilter.sync.membership.Added)
     added: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
-    #: (list address, held id, post key) of every approved post not yet released
+    #: (list address, held id, post key) of every approved post not yet released, and of those released
+    #: lately (listfilter.store.moderation.approved: a copy Postfix retries still gets through)
     approved: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)

@@ -7,7 +7,9 @@ installed. The snapshot's format (tables, columns, writing) belongs to
 
 The refusal notice is rendered here, with Jinja2, once per list: the
 per-message fields (poster, subject, date, reason) are left as markers that
-the mail side fills in, so ``deliver`` never loads a template engine.
+the mail side fills in, so ``deliver`` never loads a template engine. So
+are a list's other messages (:func:`list_texts`: an opt-in list's
+confirmations and answers, a held post's notices), into the snapshot's ``texts`` table.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def _compile(config, rows, added: dict) -> list[CompiledList]:
                 hold_days=lst.hold_days,
                 unsubscribe_url=unsubscribe_url(config) if lst.optin else "",
                 eligible=tuple(sorted(eligible)) if eligible is not None else (),
+                texts=list_texts(config, lst, dname, address),
             ))
     return out
 
@@ -132,6 +135,49 @@ def _contact(config, reply_to: str | None) -> dict[str, str | None]:
             return {"reply_to": reply_to, "reply_to_name": config.for_domain(other, domain).display_name,
                     "reply_to_posters": other.posters.describe()}
     return {"reply_to": reply_to}
+
+
+#: The messages of an opt-in list (listfilter.common.snapshot.TEXT_KINDS), sent by listfilter.mail.requests.
+OPTIN_TEXTS = ("join-confirm", "leave-confirm", "join-refused", "leave-not-member", "join-pending", "join-admit",
+               "request-help")
+
+
+def list_texts(config, lst, domain: str, address: str) -> dict[str, str]:
+    """The messages the mail side sends for one list on one domain ({kind: text}), rendered from
+    ``templates/messages/<kind>.txt.j2`` with the per-message fields
+    (listfilter.common.snapshot.TEXT_FIELDS) left as markers; only the kinds the list can send."""
+    from ..common.snapshot import TEXT_FIELDS
+    from .templating import render
+
+    kinds = OPTIN_TEXTS if lst.optin else ()
+    if "hold" in (lst.non_member_posts, lst.non_poster_posts):
+        kinds += HELD_TEXTS
+    if not kinds:
+        return {}
+    return {kind: render(f"messages/{kind}.txt.j2", **message_context(config, lst, domain, address),
+                         held_url=held_url(config), **{f: notice_marker(f) for f in TEXT_FIELDS})
+            for kind in kinds}
+
+
+#: A list that holds posts (non_member_posts or non_poster_posts = "hold"): the held post's notices
+#: to its poster and to the owners (listfilter.mail.moderation).
+HELD_TEXTS = ("held-poster", "held-owners")
+
+
+def held_url(config) -> str:
+    """The admin app's page of held posts, "" without ``[web] url``."""
+    return f"{config.web.url}/held" if config.web is not None and config.web.url else ""
+
+
+def message_context(config, lst, domain: str, address: str) -> dict[str, str]:
+    """What every list message's template knows of the list (also sync's welcome and goodbye)."""
+    from ..common.addresses import owner_address, request_address, service_address
+
+    served = config.for_domain(lst, domain)
+    return dict(list_name=served.display_name, list_address=address, list_description=served.description,
+                owner_address=owner_address(address), request_address=request_address(address),
+                join_address=service_address(address, "join"), leave_address=service_address(address, "leave"),
+                join_rule=lst.optin.describe() if lst.optin else "", confirm_days=str(config.site.confirm_days))
 
 
 def unsubscribe_url(config) -> str:

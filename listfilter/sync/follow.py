@@ -48,6 +48,7 @@ from pathlib import Path
 from ..common.addresses import bounces_address
 from ..common.atomic import write_bytes
 from ..common.paths import service_uid
+from ..common.reinjection import is_ours
 from ..common.words import plural
 from ..store.migrations import DELIVERY_STATUSES
 from .config import Config
@@ -88,7 +89,7 @@ class _Copy:
     started: bool  # its first line was read (here, or by the run that carried it over)
     message_id: str = ""
     sender: str | None = None
-    local: bool = False  # submitted by the service user (pickup's uid=)
+    local: bool = False  # pickup's uid= and from= say it is a list's copy (common.reinjection.is_ours)
     ops: list = field(default_factory=list)  # its outcome, expiry and removal lines, in order
     event_id: str | None = None
     list_address: str = ""
@@ -163,10 +164,11 @@ class _Follower:
         return c
 
     def ours(self, c: _Copy) -> bool | None:
-        """Whether a started copy is a list's reinjected post: True, False, or None (not known yet)."""
+        """Whether a started copy is a list's reinjected post (:func:`listfilter.common.reinjection.is_ours`,
+        then the Message-ID): True, False, or None (not known yet)."""
         if c.sender is None:
             return None
-        if not (c.local and c.sender.lower() in self.bounces):
+        if not c.local:  # pickup's line said is_ours (qmgr's from= alone never makes a copy ours)
             return False
         return True if c.message_id else None
 
@@ -181,7 +183,8 @@ class _Follower:
             c = self._register(_Copy(line.host, qid, line.time, started=True))
             if daemon == "pickup":
                 c.sender = f.get("from", f.get("sender"))
-                c.local = self.uid is None or f.get("uid") == str(self.uid)
+                c.local = f.get("uid", "").isdigit() and is_ours(f["uid"], c.sender or "", uid=self.uid,
+                                                                 senders=self.bounces)
             return
         if daemon == "cleanup" and "message-id" in f:
             c = self.open.get(key)

@@ -3,7 +3,8 @@
 Four tables, each a text source in the map directory plus its indexed file:
 
 - ``domains``: relay_domains, the list domains;
-- ``recipients``: relay_recipient_maps, every address Postfix accepts there;
+- ``recipients``: relay_recipient_maps, every address Postfix accepts there (an opt-in list's
+  -join and -leave too);
 - ``transport``: transport_maps, list addresses to the pipe transport;
 - ``virtual``: virtual_alias_maps, each list's -owner to its owners (to ``redirect_all_to`` instead
   while the staging valve is on for the list's domain).
@@ -55,10 +56,10 @@ def _context(config: Config, lists) -> dict:
                 # the staging valve: -owner mail goes only to redirect_all_to (a virtual alias adds no header)
                 "owners": (l.redirect_to,) if l.redirect_to else l.owners,
                 "owner_address": owner_address(l.address),
-                "addresses": service_addresses(l.local_part, l.domain),
+                "addresses": service_addresses(l.local_part, l.domain, optin=l.optin),
                 "routes": [(addr, bounce_transport(config) if addr == bounces_address(l.address)
                             else config.site.transport)
-                           for addr in service_addresses(l.local_part, l.domain)],
+                           for addr in service_addresses(l.local_part, l.domain, optin=l.optin)],
             }
             for l in lists
         ],

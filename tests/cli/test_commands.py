@@ -98,13 +98,13 @@ def test_lists(example_config):
 
 def test_members(example_config):
     ran = listfilter(example_config, "members", "enrolled@lists.example.edu")
-    assert ran.stdout.splitlines() == ["alice@example.edu\tAlice Liddell", "bob@example.edu\tBob Brown",
-                                       "Carol@Example.edu\tCarol Chen"]
+    assert ran.stdout.splitlines() == ["alice@example.edu\tAlice Liddell\troster", "bob@example.edu\tBob Brown\troster",
+                                       "Carol@Example.edu\tCarol Chen\troster"]
     ran = listfilter(example_config, "members", "staff")  # a name: every domain's list
     assert [l for l in ran.stdout.splitlines() if l.startswith("#")] == [
         "# staff@lists-dev.example.edu", "# staff@lists.example.edu"]
     data = json.loads(listfilter(example_config, "members", "testing", "--json").stdout)
-    assert data["testing@lists.example.edu"] == [{"email": "instructor@example.edu", "name": ""}]
+    assert data["testing@lists.example.edu"] == [{"email": "instructor@example.edu", "name": "", "source": "config"}]
     ran = listfilter(example_config, "members", "nope")
     assert ran.returncode == 1 and ran.stderr == "listfilter: no list 'nope' (see `listfilter lists`)\n"
 
@@ -201,7 +201,7 @@ def test_deliver_dry_run_uses_the_configs_snapshot(example_config, synced):
                      "--recipient", STUDENTS, input=POST)
     assert ran.returncode == 0, ran.stderr
     out = ran.stdout
-    assert out.startswith("rule loop: pass\nrule duplicate: pass\nrule poster: pass\n")
+    assert out.startswith("rule loop: pass\nrule duplicate: pass\nrule approved: pass\nrule poster: pass\n")
     assert "decision: delivered: would deliver to 5 recipients\n" in out  # the poster is left out
     assert "  alice@example.edu\n" in out and "  instructor@example.edu\n" not in out
     assert "\nList-Id: \"CS 199 Students\" <students.lists.example.edu>\n" in out and out.endswith("\n\nRoom 1404.\n")

@@ -397,7 +397,7 @@ def test_removed_headers_table():
     # every row of the docstring's table that says "removed", besides List-*
     assert set(REMOVED_HEADERS) == {"Return-Path", "Delivered-To", "X-Original-To", "Disposition-Notification-To",
                                     "Return-Receipt-To", "X-Confirm-Reading-To", "Errors-To", "Precedence",
-                                    "X-Listfilter-Redirected-Recipients"}
+                                    "X-Listfilter-Redirected-Recipients", "X-Listfilter-Approved"}
     assert LOOP_HEADER == "X-Listfilter-Loop"
 
 

@@ -50,6 +50,58 @@ def test_poster():
     assert R.poster(post(from_address=None, may_post=True)).action == R.REFUSE
 
 
+HOLDING = list_row(non_member_posts="hold")
+
+
+def held(row=HOLDING, **facts) -> R.Post:
+    base = dict(from_address="stranger@example.org", may_post=False, is_member=False)
+    return post()._replace(list_row=row, **{**base, **facts})
+
+
+@pytest.mark.parametrize("members,posters,is_member,action", [
+    ("refuse", "refuse", False, R.REFUSE), ("refuse", "refuse", True, R.REFUSE),
+    ("hold", "refuse", False, R.HOLD), ("hold", "refuse", True, R.REFUSE),
+    ("refuse", "hold", False, R.REFUSE), ("refuse", "hold", True, R.HOLD),
+    ("hold", "hold", True, R.HOLD), ("hold", "hold", False, R.HOLD)])
+def test_poster_holds_as_the_mode_for_that_person_says(members, posters, is_member, action):
+    row = list_row(non_member_posts=members, non_poster_posts=posters)
+    decision = R.poster(held(row, is_member=is_member))
+    assert (decision.rule, decision.action) == ("poster", action)
+    if action == R.HOLD:
+        who = "a member who may not post" if is_member else "not a member"
+        assert decision.reason == (f"stranger@example.org is {who} of students@lists.example.edu;"
+                                   " held for the owners to approve")
+
+
+def test_poster_never_holds_what_has_no_valid_from_or_may_post():
+    assert R.poster(held(from_address=None)).action == R.REFUSE
+    assert R.poster(held(from_address=None, may_post=True)).action == R.REFUSE
+    assert R.poster(held(may_post=True)) is None
+
+
+APPROVED = PLAIN + b"X-Listfilter-Approved: 0123456789abcdef0123456789abcdef\n"
+
+
+@pytest.mark.parametrize("post_key,approved_key,rule,action", [
+    ("<m1@example.edu>", "<m1@example.edu>", "approved", R.ACCEPT),  # the approved post itself
+    ("<m1@example.edu>", "<other@example.edu>", "poster", R.HOLD),  # an approved id on another message
+    ("<m1@example.edu>", None, "poster", R.HOLD),  # a forged header: the snapshot approves no such id
+    ("", "", "poster", R.HOLD),
+])
+def test_approved_lets_exactly_the_approved_post_through(post_key, approved_key, rule, action):
+    decision, trail = R.decide(held(headers=parse_headers(APPROVED), post_key=post_key, approved_key=approved_key))
+    assert (decision.rule, decision.action) == (rule, action)
+    if rule == "approved":
+        assert decision.reason == "approved by the owners"
+        assert [n for n, _ in trail] == ["loop", "duplicate", "approved"]  # poster and authenticated skipped
+
+
+def test_approved_comes_after_loop_and_duplicate():
+    facts = held(post_key="<m1@example.edu>", approved_key="<m1@example.edu>")
+    assert R.decide(facts._replace(delivered_recently=True))[0].rule == "duplicate"
+    assert R.decide(facts._replace(headers=parse_headers(LOOPED)))[0].rule == "loop"
+
+
 def test_rules_are_pure():
     p = post(LOOPED, may_post=False, delivered_recently=True)
     before = list(p.headers.fields)
@@ -62,7 +114,7 @@ def test_rules_are_pure():
 
 
 def test_chain_order_and_descriptions():
-    assert [rule.__name__ for rule, _ in R.CHAIN] == ["loop", "duplicate", "poster", "authenticated"]
+    assert [rule.__name__ for rule, _ in R.CHAIN] == ["loop", "duplicate", "approved", "poster", "authenticated"]
     assert all(isinstance(text, str) and text for _, text in R.CHAIN)
 
 
@@ -74,6 +126,10 @@ CHAIN_CASES = [
     (post(from_address="stranger@example.org", may_post=False, delivered_recently=True), "duplicate", R.DISCARD),
     (post(from_address="stranger@example.org", may_post=False), "poster", R.REFUSE),
     (post(from_address=None, may_post=False), "poster", R.REFUSE),
+    (post()._replace(list_row=list_row(non_member_posts="hold"), from_address="stranger@example.org",
+                     may_post=False), "poster", R.HOLD),
+    (post()._replace(from_address="stranger@example.org", may_post=False, post_key="<m1@example.edu>",
+                     approved_key="<m1@example.edu>"), "approved", R.ACCEPT),
 ]
 
 
@@ -83,10 +139,12 @@ def test_decide_first_decision_wins(facts, rule, action):
     assert (decision.rule, decision.action) == (rule, action)
     # the trail holds every rule up to the one that decided, in order; only that one has a verdict
     names = [name for name, _ in trail]
-    assert names == ["loop", "duplicate", "poster", "authenticated"][:len(names)]
+    assert names == ["loop", "duplicate", "approved", "poster", "authenticated"][:len(names)]
     assert [verdict for _, verdict in trail[:-1]] == [None] * (len(trail) - 1)
-    if action == R.ACCEPT:
-        assert names == ["loop", "duplicate", "poster", "authenticated"] and trail[-1][1] is None
+    if rule == "approved":
+        assert trail[-1] == (rule, decision)
+    elif action == R.ACCEPT:
+        assert names == ["loop", "duplicate", "approved", "poster", "authenticated"] and trail[-1][1] is None
         assert decision == R.Decision("accept", R.ACCEPT, "no rule stopped it")
     else:
         assert trail[-1] == (rule, decision)
@@ -94,7 +152,7 @@ def test_decide_first_decision_wins(facts, rule, action):
 
 def test_decide_returns_the_trail():
     decision, trail = R.decide(post(from_address="stranger@example.org", may_post=False))
-    assert trail == [("loop", None), ("duplicate", None), ("poster", decision)]
+    assert trail == [("loop", None), ("duplicate", None), ("approved", None), ("poster", decision)]
     decision, trail = R.decide(post(LOOPED))
     assert trail == [("loop", decision)]
 

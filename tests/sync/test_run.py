@@ -283,8 +283,8 @@ def test_lists_members_and_maps_commands(example_config):
     assert lists["staff@lists.example.edu"]["members"] == 2
     assert lists["students@lists.example.edu"]["posters_rule"] == "course instructor, ta"
     proc = listfilter(example_config, "members", "enrolled@lists.example.edu")
-    assert proc.stdout.splitlines() == ["alice@example.edu\tAlice Liddell", "bob@example.edu\tBob Brown",
-                                        "Carol@Example.edu\tCarol Chen"]
+    assert proc.stdout.splitlines() == ["alice@example.edu\tAlice Liddell\troster", "bob@example.edu\tBob Brown\troster",
+                                        "Carol@Example.edu\tCarol Chen\troster"]
     proc = listfilter(example_config, "members", "staff", "--json")
     assert set(json.loads(proc.stdout)) == {"staff@lists.example.edu", "staff@lists-dev.example.edu"}
     proc = listfilter(example_config, "members", "nope")
