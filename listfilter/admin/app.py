@@ -22,7 +22,9 @@ JavaScript (the Content-Security-Policy forbids it): a row opens in place with
 The app reads the store, and the spool's directory listing to say when
 the log is behind; it writes only the changes an instructor makes to a list's
 extra members (``/lists/<address>/members``, a POST, through
-:mod:`listfilter.store.membership`) and an owner's decision on a held post
+:mod:`listfilter.store.membership`), an owner's admit or deny of a join that
+waits for one (``/lists/<address>/joins``, a POST, through
+:func:`listfilter.store.requests.owner_decision`), an owner's decision on a held post
 (``/held/<id>``, a POST, through :mod:`listfilter.store.moderation`; sync
 releases an approved one), and the leave an opt-in list's one-click link asks
 for (``/unsubscribe/<token>``, a POST: RFC 8058's, the one route with neither
@@ -544,8 +546,14 @@ def create_app(config: Config) -> Flask:
     def members_page(address: str, http_status: int = 200, error: str | None = None, form: dict | None = None):
         if address not in MS.known_lists(config):
             abort(404)
+        from ..store import requests as RQ
+
         installed, snapshot_error = _installed_members(config, address)
+        served = RQ.lists_by_address(config).get(address)
+        approval = served is not None and served[0].optin is not None and served[0].optin.approval
         return render("web/members.html.j2", http_status, address=address, installed=installed,
+                      approval=approval, pending=RQ.join_requests(g.store, address),
+                      confirm_days=timedelta(days=config.site.confirm_days),
                       snapshot_error=snapshot_error, extras=MS.extras(g.store, address),
                       installed_keys={e.lower() for e, _, _ in installed},
                       changes=MS.changes(g.store, address, MEMBER_CHANGES), error=error, form=form or {},
@@ -584,6 +592,36 @@ def create_app(config: Config) -> Flask:
                            f"The store refused the change ({oneline(exc)}). The web app's database role needs"
                            " INSERT, UPDATE and DELETE on list_members and member_changes (docs/web.md).")
         log.info("%s: %s %s on %s", g.user, action, email, address)
+        return redirect(url_for("list_members", address=address, done=action, who=email))
+
+    @app.post("/lists/<address>/joins")
+    def decide_join(address):
+        """Admit or deny a join that waits for an owner (the form's ``action``), as the signed-in user."""
+        from datetime import datetime, timezone
+
+        from ..store import requests as RQ
+
+        address = address.lower()
+        if address not in MS.known_lists(config):
+            abort(404)
+        action = request.form.get("action", "")
+        if action not in RQ.JOIN_DECISIONS:
+            return problem(400, "Bad request", "The form names no decision (admit or deny).")
+        text = oneline(request.form.get("email", ""))[:320]
+        try:
+            email = MS.parse_address(text)
+            result = RQ.owner_decision(config, g.store, address, email, action, g.user, "web",
+                                       datetime.now(timezone.utc))
+        except MS.MembershipError as exc:
+            return members_page(address, 400, error=str(exc))
+        except (ST.StoreError, *g.store.refused_errors()) as exc:
+            log.error("join decision by %s refused: %s", g.user, exc)
+            return problem(503, "Decision not saved",
+                           f"The store refused the change ({oneline(exc)}). The web app's database role needs"
+                           " UPDATE on join_requests and INSERT on list_members and member_changes (docs/web.md).")
+        if not result.changed:
+            return members_page(address, 409, error=result.message)
+        log.info("%s: %s join of %s to %s", g.user, action, email, address)
         return redirect(url_for("list_members", address=address, done=action, who=email))
 
     # -- held posts (moderation): what waits for the owners, one post's headers and body, approve or discard

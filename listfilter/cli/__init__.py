@@ -60,7 +60,7 @@ def cli(ctx, config_path):
 
 
 # the commands register themselves on `cli`
-from . import bounces, check, dnscheck, mail, members, status, store, sync, trace, web  # noqa: E402, F401
+from . import bounces, check, dnscheck, held, mail, members, status, store, sync, trace, web  # noqa: E402, F401
 
 
 def main(argv=None):

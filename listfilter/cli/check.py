@@ -79,6 +79,63 @@ def _online_checks(config: C.Config):
         yield "up to date", not stale, ("installed maps and snapshot match the roster" if not stale
                                         else "out of date: " + ", ".join(stale) + " (run listfilter sync)")
     yield from _store_checks(config)
+    yield from _token_key_check(config)
+
+
+#: The user the admin app runs as (docs/web.md); it reads the token key for one-click unsubscribe links.
+WEB_USER = "listfilter-web"
+
+
+def _token_key_check(config: C.Config):
+    """The token key (common.tokens), where a list needs one: made by sync, readable by deliver (pipe(8):
+    the service user with its own group or postfix.log_group) and, for one-click links, by the admin app."""
+    import grp
+    import pwd
+
+    lists = [l for l in config.lists.values() if l.signs_tokens]
+    if not lists:
+        return
+    path = config.site.token_key
+    try:
+        st = path.stat()
+    except OSError as exc:
+        yield "token key", False, (f"{path}: {exc.strerror}: confirmations and held-post decisions defer until"
+                                   " `listfilter sync` makes it")
+        return
+
+    def can_read(name: str, groups: set[int]) -> bool | None:
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        return _readable(st, user.pw_uid, groups | {user.pw_gid})
+
+    if st.st_mode & 0o007:
+        yield "token key", False, (f"{path} is readable by every local user (mode {st.st_mode & 0o777:04o}):"
+                                   f" anyone could confirm a join or approve a post; chmod 0640 {path}")
+        return
+    groups = set()
+    if config.postfix.log_group:
+        try:
+            groups.add(grp.getgrnam(config.postfix.log_group).gr_gid)
+        except KeyError:
+            pass
+    if can_read(SERVICE_USER, groups) is False:
+        yield "token key", False, (f"{path} is not readable by deliver ({SERVICE_USER}): every request and held post"
+                                   f" defers; chown {SERVICE_USER} {path}")
+        return
+    one_click = config.web is not None and config.web.url and any(l.optin for l in lists)
+    if one_click:
+        try:
+            web_groups = {g.gr_gid for g in grp.getgrall() if WEB_USER in g.gr_mem}
+        except KeyError:
+            web_groups = set()
+        if can_read(WEB_USER, web_groups) is False:
+            yield "token key", False, (f"{path} is not readable by the admin app ({WEB_USER}): one-click unsubscribe"
+                                       f" links are refused; chgrp {WEB_USER} {path} (docs/web.md)")
+            return
+    yield "token key", True, (f"{path}: readable by deliver" + (" and the admin app" if one_click else "")
+                              + f", for {plural(len(lists), 'list')} with confirmations or held posts")
 
 
 #: Where syslog(3) sends every line (glibc's _PATH_LOG). Python's syslog module, which the mail programs log
@@ -179,8 +236,7 @@ def _log_file_check(config: C.Config, maillog: str):
         except KeyError:
             yield "postfix log", False, f"postfix.log_group: no group {config.postfix.log_group!r} on this host"
             return
-    readable = (st.st_mode & 0o004 or (st.st_mode & 0o040 and st.st_gid == gid)
-                or (st.st_mode & 0o400 and st.st_uid == user.pw_uid))
+    readable = _readable(st, user.pw_uid, {gid})
     who = f"{SERVICE_USER}:{_group_name(gid)}"
     if readable:
         yield "postfix log", True, f"{log_file} is readable by deliver ({who})"
@@ -188,6 +244,12 @@ def _log_file_check(config: C.Config, maillog: str):
         yield "postfix log", False, (f"{log_file} is not readable by deliver ({who}): a retry after a killed delivery"
                                      f' cannot tell what Postfix took (set postfix.log_group = "{_group_name(st.st_gid)}"'
                                      " and update master.cf from listfilter postfix-config)")
+
+
+def _readable(st, uid: int, gids: set[int]) -> bool:
+    """Whether a file with this stat can be read by ``uid`` running with the groups ``gids``."""
+    return bool(st.st_mode & 0o004 or (st.st_mode & 0o040 and st.st_gid in gids)
+                or (st.st_mode & 0o400 and st.st_uid == uid))
 
 
 def _group_name(gid: int) -> str:

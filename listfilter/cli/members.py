@@ -1,4 +1,5 @@
-"""`members`: a list's members and where each comes from; `members add`, `remove` and `changes`: extra members.
+"""`members`: a list's members and where each comes from; `members add`, `remove` and `changes`: extra members;
+`members pending`, `admit` and `deny`: the joins of an opt-in list whose owners approve each one.
 
 `listfilter members LIST` (the same as `members show LIST`) computes the
 members live, as the next sync would: the roster's, the config's
@@ -7,6 +8,8 @@ joined members of an opt-in list; :mod:`listfilter.store.membership`).
 `add` and `remove` change the store at once; the lists change at the next
 sync, which installs a snapshot with them (or offer ``--sync`` to run it now).
 Each change is recorded with who made it: the Unix user running the command.
+`admit` and `deny` decide a join that waits for an owner (``approval =
+true``) as an owner's reply would (:func:`listfilter.store.requests.owner_decision`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ..store import membership as MS
 from . import cli, fail, load_config
 
 #: The subcommands; any other first argument is a LIST, shown (``members LIST`` is ``members show LIST``).
-SUBCOMMANDS = ("show", "add", "remove", "changes")
+SUBCOMMANDS = ("show", "add", "remove", "changes", "pending", "admit", "deny")
 
 
 class _Members(click.Group):
@@ -42,7 +45,9 @@ def members():
     `listfilter members LIST` shows them (as `members show LIST`). Extra
     members are people the roster does not hold (a guest speaker, a TA from
     another department): `members add` and `members remove` change the store
-    at once, and the lists at the next `listfilter sync`.
+    at once, and the lists at the next `listfilter sync`. `members pending`
+    shows the joins that wait for an owner; `members admit` and `members deny`
+    decide them.
     """
 
 
@@ -189,3 +194,83 @@ def members_changes(ctx, list_name, limit, as_json):
                    f"\tby {c.actor} ({c.via}){detail}")
     if len(rows) == limit:
         click.echo(f"(the newest {plural(limit, 'change')}; --limit shows more)", err=True)
+
+
+@members.command("pending")
+@click.argument("list_name", metavar="LIST", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def members_pending(ctx, list_name, as_json):
+    """Show the joins that wait for an owner (opt-in lists with approval = true), of LIST or of every list.
+
+    One line per joiner: list, address, name, when they confirmed, and when
+    the request expires (the site's confirm_days) if nobody decides.
+    """
+    import datetime as dt
+    import zoneinfo
+
+    from ..store import requests as RQ
+
+    config = load_config(ctx)
+    lst = MS.list_address(config, list_name) if list_name else None
+    tz = zoneinfo.ZoneInfo(config.site.timezone)
+    days = dt.timedelta(days=config.site.confirm_days)
+    with _open(config) as store:
+        waiting = RQ.join_requests(store, lst)
+    if as_json:
+        click.echo(json.dumps([{"list": r.list_address, "email": r.email, "name": r.name,
+                                "requested_at": r.requested_at.isoformat(),
+                                "expires_at": (r.requested_at + days).isoformat()} for r in waiting], indent=2))
+        return
+    if not waiting:
+        click.echo(f"no joins wait for an owner{' on ' + lst if lst else ''}")
+        return
+    for r in waiting:
+        click.echo(f"{r.list_address}\t{r.email}\t{r.name}\t{r.requested_at.astimezone(tz).isoformat(timespec='seconds')}"
+                   f"\texpires {(r.requested_at + days).astimezone(tz).isoformat(timespec='seconds')}")
+
+
+def _decide_join(ctx, list_name: str, address: str, action: str, sync_now: bool) -> None:
+    import datetime as dt
+
+    from ..store import requests as RQ
+
+    config = load_config(ctx)
+    lst = MS.list_address(config, list_name)
+    email = MS.parse_address(address)
+    with _open(config) as store:
+        judged = RQ.owner_decision(config, store, lst, email, action, actor(), "cli", dt.datetime.now(dt.timezone.utc))
+    if not judged.changed:
+        fail(judged.message)
+    click.echo(judged.message)
+    if sync_now:
+        _sync_now(ctx)
+
+
+@members.command("admit")
+@click.argument("list_name", metavar="LIST")
+@click.argument("address")
+@click.option("--sync", "sync_now", is_flag=True, help="Run `listfilter sync` right after.")
+@click.pass_context
+def members_admit(ctx, list_name, address, sync_now):
+    """Admit ADDRESS, whose join of LIST (a list address) waits for an owner.
+
+    They become a joined member at the next `listfilter sync`, which sends
+    them the welcome. The first decision counts, whoever makes it (a reply,
+    the admin page, this command); it is recorded with who made it.
+    """
+    _decide_join(ctx, list_name, address, "admit", sync_now)
+
+
+@members.command("deny")
+@click.argument("list_name", metavar="LIST")
+@click.argument("address")
+@click.option("--sync", "sync_now", is_flag=True, help="Run `listfilter sync` right after.")
+@click.pass_context
+def members_deny(ctx, list_name, address, sync_now):
+    """Deny ADDRESS's join of LIST (a list address), which waits for an owner.
+
+    The next `listfilter sync` tells them so. The first decision counts; it
+    is recorded with who made it.
+    """
+    _decide_join(ctx, list_name, address, "deny", sync_now)

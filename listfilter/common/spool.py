@@ -6,7 +6,7 @@ Under the spool directory (site.spool_dir, writable by the ``listfilter`` user):
     events/<id>.deferred.json  the latest deferral of that (message, list), until an outcome replaces it
     events/.ingest/            records sync has claimed and not yet committed
     events/bad/                records ingest could not read, each with a .reason file
-    sent/<key>.json            progress, then completion, of one (message, list) delivery
+    sent/<key>.json            progress, then completion, of one (message, list) delivery; or that it is held
     sent/<key>.lock            held while that delivery runs: one delivery at a time
     sent/<key>.msg             the post as handed to sendmail, while the delivery runs
     sent/bad/                  progress records that could not be read, set aside
@@ -265,6 +265,10 @@ class Delivery:
     outlives a killed delivery holds it, and the retry waits for that
     sendmail before it asks Postfix whether the batch arrived (a pipe would
     give an orphaned sendmail end-of-file halfway and submit half a message).
+
+    A post held for the owners (:mod:`listfilter.mail.moderation`) leaves its
+    held id here (:meth:`mark_held`, :attr:`held`): a second copy of the same
+    message to the same list (a resend, a retry) is then not held again.
     """
 
     def __init__(self, spool: Path, message_key: str, list_address: str):
@@ -372,6 +376,17 @@ class Delivery:
             return time.time() - self.path.stat().st_mtime < max_age_days * 86400
         except FileNotFoundError:
             return False
+
+    @property
+    def held(self) -> str:
+        """The id this message was held as for this list ("" when it was not)."""
+        value = self.data.get("held", "")
+        return value if isinstance(value, str) else ""
+
+    def mark_held(self, held_id: str) -> None:
+        """Record, durably, that this message is held for the owners as ``held_id``."""
+        self.data["held"] = held_id
+        self._save(durable=True)
 
     @property
     def accepted(self) -> set[str]:

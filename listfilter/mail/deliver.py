@@ -9,7 +9,8 @@ It reads the message once, looks the list up in the snapshot, gathers the
 facts the rules need (:mod:`listfilter.mail.rules`), runs the chain, and
 acts: rewrites the headers and hands the post to ``sendmail`` with VERP,
 sends the poster a refusal notice, holds it for the owners
-(:mod:`listfilter.mail.moderation`), or drops a loop or a duplicate. Every
+(:mod:`listfilter.mail.moderation`), or drops a loop, a duplicate or a second
+copy of a post already held. Every
 outcome is one event in the spool and one syslog line naming the rule.
 Mail to -owner goes to the owners; mail to an opt-in list's -join and
 -leave, and to any list's -request, is a command or a confirmation
@@ -239,14 +240,15 @@ class Job:
             client_address=self.client_address,
             is_member=bool(from_addr) and not may_post and self.snap.member(self.row.address, from_addr) is not None,
             post_key=progress.data["message"],
-            approved_key=self.snap.approved(self.row.address, held_id) if held_id else None)
+            approved_key=self.snap.approved(self.row.address, held_id) if held_id else None,
+            held_as=progress.held)
         decision, trail = R.decide(facts)
         if self.dry:
             for name, verdict in trail:
                 sys.stdout.write(f"rule {name}: {verdict.action + ': ' + verdict.reason if verdict else 'pass'}\n")
         if decision.action == R.DISCARD:
-            if decision.rule == "duplicate":
-                # the delivery's own record stands; a second one would replace it
+            if decision.rule in ("duplicate", "held"):
+                # the delivery's own record (or the held one) stands; a second one would replace it
                 if self.dry:
                     return self._dry(f"discarded: {decision.reason}", [], None)
                 return f"{decision.rule}: {decision.reason} (rule {decision.rule})"
@@ -258,7 +260,7 @@ class Job:
         if decision.action == R.HOLD:
             from .moderation import hold
 
-            return hold(self, decision)
+            return hold(self, decision, progress)
         return self._send(progress, from_addr, decision)
 
     def _send(self, progress: SP.Delivery, from_addr: str | None, decision) -> str:

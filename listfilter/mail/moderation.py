@@ -21,7 +21,13 @@ beyond the spool:
    into the store, and a ``held`` event under the post's own id, which the
    approved post's delivery later replaces. The record says when the poster
    must never be answered (``no_notice``: RFC 3834's reasons, not the day's
-   limit), so that sync sends no expiry notice either.
+   limit), so that sync sends no expiry notice either;
+4. last, after the ``held`` event, it leaves the held id in the delivery's
+   progress record (:meth:`listfilter.common.spool.Delivery.mark_held`):
+   the same message again (a resend, or Postfix's retry) meets the ``held``
+   rule and is discarded with no notices, "already held as <id>". A failure
+   or a crash before that step can hold a second copy; none is ever lost,
+   and no held post lacks its event.
 
 The order makes a failure safe: a notice that cannot be sent defers the
 message (Postfix retries; nothing was kept), and a post is never kept
@@ -61,8 +67,9 @@ EXCERPT_CHARS = 1500
 FIELD_LIMIT = 300
 
 
-def hold(job, decision) -> str:
+def hold(job, decision, progress=None) -> str:
     """Hold the post ``job`` (:class:`listfilter.mail.deliver.Job`) for the owners; the log line.
+    ``progress`` (:class:`listfilter.common.spool.Delivery`) is told the held id once it is kept.
 
     Raises Defer (exit 75) when a notice cannot be sent, the token key cannot
     be read or the spool cannot be written: nothing is kept, and Postfix retries.
@@ -144,7 +151,10 @@ def hold(job, decision) -> str:
     SP.write_held(job.spool, held_id, raw, meta)
     # the post's own id (its Message-ID: given one now if it had none), so that its delivery replaces this
     job.event = event._replace(id=meta["event_id"])
-    return job._record("held", decision, summary, error=f"{decision.reason}; {poster_note}; held as {held_id}")
+    line = job._record("held", decision, summary, error=f"{decision.reason}; {poster_note}; held as {held_id}")
+    if progress is not None:  # the very last step: a retry after any failure before it holds the post anew
+        progress.mark_held(held_id)
+    return line
 
 
 def decide_by_reply(job, claim, sender: str) -> str:

@@ -37,6 +37,7 @@ from ..common.events import Event, now_utc, random_id
 from ..common.paths import DEFAULT_SNAPSHOT
 from ..common.snapshot import Snapshot, SnapshotError
 from .command import help_requested, parse, print_help, usage
+from .rules import holds
 
 DUNNO = "DUNNO"
 OPTIONS = {"snapshot": DEFAULT_SNAPSHOT}
@@ -81,7 +82,7 @@ def decide(request: dict[str, str], get_list, may_post, is_member=None) -> tuple
         reason = f"<{row.address}> accepts no mail from the null sender"
     elif may_post(row.address, sender):
         return DUNNO, None
-    elif would_hold(row, bool(is_member and is_member(row.address, sender))):
+    elif holds(row, bool(is_member and is_member(row.address, sender))):
         return DUNNO, None  # deliver holds it for the owners (if its From is the same): not ours to refuse
     else:
         reason = f"<{sender}> may not post to <{row.address}>; only {row.posters_rule} may"
@@ -92,12 +93,6 @@ def decide(request: dict[str, str], get_list, may_post, is_member=None) -> tuple
     # An explicit 550 rather than REJECT, whose code (access_map_reject_code)
     # defaults to 554: "mailbox unavailable / not allowed" is what this is.
     return f"550 5.7.1 {reason}", event
-
-
-def would_hold(row, member: bool) -> bool:
-    """Whether the list holds, rather than refuses, a post from a sender who may not post
-    (``non_poster_posts`` for a member, ``non_member_posts`` for anyone else)."""
-    return (row.non_poster_posts if member else row.non_member_posts) == "hold"
 
 
 class Service:

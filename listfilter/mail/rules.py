@@ -43,9 +43,10 @@ Decision = namedtuple("Decision", "rule action reason")
 #: post (:func:`listfilter.common.events.post_key`); ``approved_key`` the post key the
 #: snapshot's ``approved`` table has for the held id the message's
 #: :data:`~listfilter.common.snapshot.APPROVED_HEADER` names (None: no such header, or not approved).
+#: ``held_as``: the id this message was already held as for this list ("" when it was not).
 Post = namedtuple("Post", "headers list_row from_address may_post delivered_recently message_id from_problem"
-                          " authserv_id trusted client_address is_member post_key approved_key",
-                  defaults=("", "", (), "", False, "", None))
+                          " authserv_id trusted client_address is_member post_key approved_key held_as",
+                  defaults=("", "", (), "", False, "", None, ""))
 
 ACCEPT = "accept"
 DISCARD = "discard"
@@ -85,6 +86,19 @@ def approved(post: Post) -> Decision | None:
     return None
 
 
+def held(post: Post) -> Decision | None:
+    """This very message is already held for this list's owners (a resend, or Postfix's retry).
+
+    Holding it again would keep a second copy and send a second pair of
+    notices; the owners decide the first. It comes after ``approved``: the
+    approved post's release is the same message, and goes through.
+    """
+    if post.held_as:
+        return Decision("held", DISCARD, f"{post.message_id} to {post.list_row.address} is already held as"
+                                         f" {post.held_as} for the owners; not held again")
+    return None
+
+
 def poster(post: Post) -> Decision | None:
     """The From address may not post (Reply-To and Sender never grant posting rights).
 
@@ -97,13 +111,19 @@ def poster(post: Post) -> Decision | None:
         return Decision("poster", REFUSE, post.from_problem or "the message has no valid From address")
     if not post.may_post:
         row = post.list_row
-        mode = row.non_poster_posts if post.is_member else row.non_member_posts
-        if mode == HOLD:
+        if holds(row, post.is_member):
             who = "a member who may not post" if post.is_member else "not a member"
             return Decision("poster", HOLD, f"{post.from_address} is {who} of {row.address}; held for the"
                                             " owners to approve")
         return Decision("poster", REFUSE, f"{post.from_address} is not allowed to post to {row.address}")
     return None
+
+
+def holds(row, member: bool) -> bool:
+    """Whether the list holds, rather than refuses, a post from someone who may not post:
+    ``non_poster_posts`` for a member, ``non_member_posts`` for anyone else (the policy
+    service asks this too, so that it does not refuse at RCPT time what deliver would hold)."""
+    return (row.non_poster_posts if member else row.non_member_posts) == HOLD
 
 
 def authenticated(post: Post) -> Decision | None:
@@ -174,6 +194,7 @@ CHAIN = (
     (loop, "mail loop: the post already went through this list"),
     (duplicate, "duplicate: this Message-ID was delivered to this list recently"),
     (approved, "moderation: the owners approved this held post (accepted; the rules below are skipped)"),
+    (held, "moderation: this message is already held for the owners (not held again)"),
     (poster, "posting rights: the From address may post to this list"),
     (authenticated, "authenticity: the From domain passed DMARC at this host, or is trusted"),
 )

@@ -34,8 +34,8 @@ from .migrations import MEMBER_SOURCES
 _UTC = dt.timezone.utc
 
 #: What a member_changes row records: an extra member added, changed (name, until) or removed, or
-#: expired at its ``until``; an opt-in list joined or left.
-ACTIONS = ("add", "update", "remove", "expire", "join", "leave")
+#: expired at its ``until``; an opt-in list joined or left, or a join an owner denied.
+ACTIONS = ("add", "update", "remove", "expire", "join", "leave", "deny")
 #: How a change was made: the CLI, the admin page, sync itself, or the opt-in work's ways
 #: (a mail reply, a one-click link; :data:`listfilter.common.events.REQUEST_VIA`).
 VIA = ("cli", "web", "sync", "mail", "one-click")
@@ -293,6 +293,15 @@ def leave(store, list_address: str, email: str, actor: str, via: str, notice: st
                        f" AND source IN ({', '.join('?' for _ in sources)})", (list_address, key, *sources))
         return _record(store, now, list_address, old[0].email, "leave", "+".join(k.source for k in old), actor, via,
                        "", notice)
+
+
+def denied(store, list_address: str, email: str, actor: str, via: str, notice: str = "denied", *,
+           now: dt.datetime | None = None) -> Change:
+    """Record that an owner denied ``email``'s join of the opt-in list; the change owes ``notice``
+    (:func:`listfilter.store.requests.decide_join` calls it). No membership changes: they had none."""
+    now = now or dt.datetime.now(_UTC)
+    with store.transaction():
+        return _record(store, now, list_address, email, "deny", "joined", actor, via, "join request denied", notice)
 
 
 def owed(store, notices: tuple[str, ...] = ("welcome", "goodbye")) -> list[Change]:

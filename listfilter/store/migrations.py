@@ -27,7 +27,8 @@ status, ``list_members`` (extra members, and the joined members of opt-in
 lists), ``join_requests`` (confirmed joins waiting for an owner),
 ``held_posts`` (held posts, the message itself included, and their fate) and
 ``member_changes`` (every change to those: who, when, how, and the welcome
-or goodbye message it owes until sync has sent it).
+or goodbye message it owes until sync has sent it). Version 9 gives a held
+post a column of its own for its poster's expiry notice, ``notified_at``.
 
 Never edit a released migration: add a new one.
 """
@@ -484,6 +485,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         postgresql=(
             "ALTER TYPE mail_log_status ADD VALUE IF NOT EXISTS 'held'",
             *_v8_tables("text", "bytea", "timestamp", "bigserial PRIMARY KEY"),
+        ),
+    ),
+    Migration(
+        9, "held posts: when the poster's expiry notice was dealt with",
+        # NULL: an expired post still owes it. Sent, or never owed (a poster the mail side may not
+        # answer, RFC 3834): the time. Posts that version 8 marked so in released_at keep that.
+        sqlite=(
+            "ALTER TABLE held_posts ADD COLUMN notified_at TEXT",
+            "UPDATE held_posts SET notified_at = released_at, released_at = NULL WHERE status = 'expired'",
+        ),
+        postgresql=(
+            "ALTER TABLE held_posts ADD COLUMN IF NOT EXISTS notified_at timestamp",
+            "UPDATE held_posts SET notified_at = released_at, released_at = NULL WHERE status = 'expired'",
         ),
     ),
 )

@@ -23,11 +23,11 @@ from there (rewrite, VERP, the mail log, where its delivery replaces the
 through when it is retried; a second copy is a duplicate.
 
 Columns as used here: ``decided_by``/``decided_at`` are the owner's decision
-(or the expiry); ``released_at`` is when the post was handed to Postfix, or
-for an expired post when its poster's notice was dealt with (sent, or never
+(or the expiry); ``released_at`` is when the post was handed to Postfix;
+``notified_at`` when its poster's expiry notice was dealt with (sent, or never
 owed: the mail side found the poster must not be answered, RFC 3834, and the
-post came in with ``released_at`` already set); an expired post whose
-``released_at`` is NULL owes that notice.
+post came in with ``notified_at`` already set); an expired post whose
+``notified_at`` is NULL owes that notice.
 """
 
 from __future__ import annotations
@@ -137,11 +137,11 @@ def ingest(config, store, now) -> tuple[list[str], list[str]]:
         held_at = dt.datetime.fromisoformat(meta["held_at"]).astimezone(_UTC)
         expires_at = held_at + dt.timedelta(days=meta["hold_days"])
         # a poster the mail side may never answer (RFC 3834) is owed no expiry notice either
-        settled = store._ts(held_at) if meta["no_notice"] else None
+        settled = store._ts(held_at) if meta["no_notice"] else None  # notified_at
         with store.transaction():
             store._execute(
                 "INSERT INTO held_posts (id, list_address, event_id, post_key, message_id, envelope_sender,"
-                " sender_email, sender_name, subject, reason, status, held_at, expires_at, released_at, message)"
+                " sender_email, sender_name, subject, reason, status, held_at, expires_at, notified_at, message)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'held', ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (meta["id"], meta["list"], meta["event_id"], meta["post_key"], meta["message_id"],
                  meta["envelope_sender"], meta["sender_email"], meta["sender_name"], meta["subject"],
@@ -331,7 +331,7 @@ def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
     after = ""
     while True:
         with store.transaction():
-            rows = store._q(f"SELECT {_COLUMNS}, message FROM held_posts WHERE status = 'expired' AND released_at"
+            rows = store._q(f"SELECT {_COLUMNS}, message FROM held_posts WHERE status = 'expired' AND notified_at"
                             f" IS NULL AND id > ? ORDER BY id LIMIT 1{_lock(store, skip_locked=True)}", (after,))
             if not rows:
                 return notes, warnings
@@ -351,7 +351,7 @@ def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
                     continue
                 notes.append(f"moderation: told <{post.envelope_sender}> that their post to {post.list_address}"
                              " expired")
-            store._execute("UPDATE held_posts SET released_at = ? WHERE id = ?", (store._ts(now), post.id))
+            store._execute("UPDATE held_posts SET notified_at = ? WHERE id = ?", (store._ts(now), post.id))
 
 
 def expiry_notice(lst, post: HeldPost, now, timezone: str) -> bytes:

@@ -12,7 +12,7 @@ action     what the store gets
 join       a joined member (:func:`listfilter.store.membership.join`), owing a welcome
 pending    a ``join_requests`` row that waits for an owner (approval = true)
 admit      that row admitted, and the joined member
-deny       that row denied (nothing is sent)
+deny       that row denied, owing the joiner a ``denied`` message
 leave      the joined membership ended (a one-click leave ends an extra one too), owing a goodbye
 =========  ===================================================================
 
@@ -24,17 +24,24 @@ in the spool for :mod:`listfilter.store.moderation`. A record that cannot be
 read goes to ``requests/bad/`` with a ``.reason`` file, like the other
 areas. A store error stops the ingest with every file still in the spool.
 
-After the new snapshot is installed, :func:`send_owed` sends the welcome
-and goodbye messages owed (``member_changes.notice``, ``notified_at`` NULL),
-rendered from ``templates/messages/welcome.txt.j2`` and ``goodbye.txt.j2``,
-through sendmail with the null envelope sender; a welcome only once the
-snapshot has the member, a goodbye once it no longer has them. A failed
-send stays owed for the next sync.
+An owner decides a waiting join by reply (the admit and deny requests
+above), with ``listfilter members admit`` / ``deny`` or on the admin page's
+Members page: all three end in :func:`decide_join` (the CLI and the page
+through :func:`owner_decision`, which makes the checks a reply's request gets
+here first). :func:`join_requests` is what waits.
+
+After the new snapshot is installed, :func:`send_owed` sends the welcome,
+goodbye and denied messages owed (``member_changes.notice``, ``notified_at``
+NULL), rendered from ``templates/messages/welcome.txt.j2``, ``goodbye.txt.j2``
+and ``denied.txt.j2``, through sendmail with the null envelope sender; a
+welcome only once the snapshot has the member, a goodbye once it no longer
+has them, a denial at once. A failed send stays owed for the next sync.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import namedtuple
 
 from ..common import events as EV
 from ..common import spool as SP
@@ -43,7 +50,14 @@ from ..common.words import plural
 #: The actions applied here; the others (held posts) are listfilter.store.moderation's.
 ACTIONS = ("join", "leave", "pending", "admit", "deny")
 #: The messages sent here (member_changes.notice).
-NOTICES = ("welcome", "goodbye")
+NOTICES = ("welcome", "goodbye", "denied")
+#: An owner's decisions on a waiting join, and the join_requests status each leads to.
+JOIN_DECISIONS = {"admit": "admitted", "deny": "denied"}
+
+#: One ``join_requests`` row, as the CLI and the admin page show it (times aware, UTC).
+JoinRequest = namedtuple("JoinRequest", "list_address email name status requested_at decided_by decided_at")
+#: What :func:`decide_join` did: whether the request changed, its status now, and the words for the owner.
+Judged = namedtuple("Judged", "changed status message")
 #: How long sync waits for sendmail to take one message.
 SEND_TIMEOUT = 60
 
@@ -101,10 +115,8 @@ def apply(config, store, record: EV.Request, known: dict, snap, now: dt.datetime
     if served is None or served[0].optin is None:
         return "", f"{what} dropped: {address} is {'not an opt-in list' if served else 'no list'} any more"
     lst = served[0]
-    if record.action in ("join", "pending", "admit") and snap is not None:
-        row = snap.get_list(address)
-        if row is not None and row.optin and not snap.may_join(row, who):
-            return "", f"{what} dropped: {who} may no longer join"
+    if record.action in ("join", "pending", "admit") and not may_still_join(snap, address, who):
+        return "", f"{what} dropped: {who} may no longer join"
     if record.action == "join" and lst.optin.approval:
         record = record._replace(action="pending")  # approval was switched on since the token was made
     if record.action == "join":
@@ -114,28 +126,104 @@ def apply(config, store, record: EV.Request, known: dict, snap, now: dt.datetime
         sources = ("joined", "extra") if record.via == "one-click" else ("joined",)
         change = MS.leave(store, address, who, record.by or who, record.via, sources=sources, now=now)
         return f"{what}: {'left' if change else 'was no joined member'}", ""
-    with store.transaction():
-        rows = store._q("SELECT status FROM join_requests WHERE list_address = ? AND email_key = ?", (address, who))
-        status = rows[0][0] if rows else None
-        if record.action == "pending":
-            if status == "pending":
+    if record.action == "pending":
+        with store.transaction():
+            rows = store._q("SELECT status FROM join_requests WHERE list_address = ? AND email_key = ?",
+                            (address, who))
+            if rows and rows[0][0] == "pending":
                 return f"{what}: already waiting for an owner", ""
             store._execute("DELETE FROM join_requests WHERE list_address = ? AND email_key = ?", (address, who))
             store._execute("INSERT INTO join_requests (list_address, email_key, email, name, status, requested_at)"
                            " VALUES (?, ?, ?, ?, 'pending', ?)", (address, who, who, record.name, store._ts(now)))
             return f"{what}: waits for an owner", ""
-        if status not in ("pending", "admitted"):  # admitted: the same decision again, or a retry
-            return "", f"{what} dropped: no join request waits ({status or 'none'})"
-        decided = "admitted" if record.action == "admit" else "denied"
+    judged = decide_join(store, address, who, record.action, record.by, record.via, now)
+    if judged.changed or judged.status == JOIN_DECISIONS[record.action]:  # or the same decision again
+        return f"{what}: {judged.message}", ""
+    return "", f"{what} dropped: {judged.message}"
+
+
+def may_still_join(snap, address: str, email: str) -> bool:
+    """Whether the installed snapshot (None: none yet) still lets ``email`` join the opt-in list ``address``."""
+    if snap is None:
+        return True
+    row = snap.get_list(address)
+    return row is None or not row.optin or snap.may_join(row, email.lower())
+
+
+def join_requests(store, list_address: str | None = None, status: tuple[str, ...] = ("pending",)) -> list[JoinRequest]:
+    """The join requests with one of ``status`` (of one list, or all), oldest first."""
+    where, params = [f"status IN ({', '.join('?' for _ in status)})"], list(status)
+    if list_address is not None:
+        where.append("list_address = ?")
+        params.append(list_address.lower())
+    got = store._q("SELECT list_address, email, name, status, requested_at, decided_by, decided_at FROM join_requests"
+                   f" WHERE {' AND '.join(where)} ORDER BY requested_at, list_address, email_key", params)
+    return [JoinRequest(a, e, n or "", s, store._from_ts(r), b or "", store._from_ts(d) if d is not None else None)
+            for a, e, n, s, r, b, d in got]
+
+
+def decide_join(store, address: str, email: str, action: str, by: str, via: str, now: dt.datetime, *,
+                confirm_days: int | None = None, tz: dt.tzinfo = dt.timezone.utc) -> Judged:
+    """Admit or deny (``action``) ``email``'s waiting join of ``address``, by ``by`` via mail, web or cli,
+    in one transaction: the first decision counts. An admitted joiner becomes a joined member (welcomed
+    once the snapshot has them); a denied one is owed the ``denied`` message. With ``confirm_days``, a
+    request older than that has expired, as :func:`expire_pending` would mark it at the next sync.
+    An earlier decision's time is said in ``tz`` (the site's time zone)."""
+    from . import membership as MS
+
+    decided = JOIN_DECISIONS.get(action)
+    if decided is None:
+        raise ValueError(f"not a decision on a join request: {action!r}")
+    who = email.lower()
+    lock = " FOR UPDATE" if store.dialect == "postgresql" else ""
+    with store.transaction():
+        rows = store._q("SELECT email, name, status, requested_at, decided_by, decided_at FROM join_requests"
+                        f" WHERE list_address = ? AND email_key = ?{lock}", (address, who))
+        if not rows:
+            return Judged(False, "", f"no join request waits: {who} has not asked to join {address}")
+        joiner, name, status, requested, old_by, old_at = rows[0]
+        what = f"{joiner}'s request to join {address}"
+        if status != "pending":
+            when = f" on {store._from_ts(old_at).astimezone(tz).isoformat(timespec='minutes')}" \
+                if old_at is not None else ""
+            if status == "expired":
+                return Judged(False, status, f"{what} expired{when}: nobody decided within confirm_days")
+            return Judged(False, status, f"{what} was already {status}{' by ' + old_by if old_by else ''}{when}")
+        if confirm_days is not None and store._from_ts(requested) < now - dt.timedelta(days=confirm_days):
+            return Judged(False, "expired", f"{what} has expired: nobody decided within confirm_days"
+                                            f" ({plural(confirm_days, 'day')})")
         store._execute("UPDATE join_requests SET status = ?, decided_by = ?, decided_at = ?"
-                       " WHERE list_address = ? AND email_key = ?",
-                       (decided, record.by, store._ts(now), address, who))
-        if record.action == "deny":
-            return f"{what}: denied", ""
-        name = (store._q("SELECT name FROM join_requests WHERE list_address = ? AND email_key = ?",
-                         (address, who))[0][0]) or ""
-        change = MS.join(store, address, who, name, record.by, record.via, now=now)
-        return f"{what}: {'admitted' if change else 'already a member'}", ""
+                       " WHERE list_address = ? AND email_key = ? AND status = 'pending'",
+                       (decided, by[:320], store._ts(now), address, who))
+        if action == "deny":
+            MS.denied(store, address, joiner, by, via, now=now)
+            return Judged(True, decided, f"{what} is denied; they are told at the next sync")
+        change = MS.join(store, address, joiner, name or "", by, via, now=now)
+        return Judged(True, decided, f"{what} is admitted; " + ("they become a member at the next sync"
+                                                              if change else "they were a member already"))
+
+
+def owner_decision(config, store, address: str, email: str, action: str, by: str, via: str,
+                   now: dt.datetime) -> Judged:
+    """An owner's admit or deny from the CLI or the admin page: the checks a reply's request gets at
+    sync (:func:`apply`: the list still opt-in, an admitted joiner still someone who may join), then
+    :func:`decide_join`, with the site's ``confirm_days``."""
+    served = lists_by_address(config).get(address.lower())
+    if served is None or served[0].optin is None:
+        return Judged(False, "", f"{address} is {'not an opt-in list' if served else 'no list'} in {config.path}")
+    if action == "admit":
+        snap = _installed(config)
+        try:
+            if not may_still_join(snap, address.lower(), email):
+                return Judged(False, "", f"{email} may no longer join {address}"
+                                         f" ({served[0].optin.describe()})")
+        finally:
+            if snap is not None:
+                snap.close()
+    import zoneinfo
+
+    return decide_join(store, address.lower(), email, action, by, via, now, confirm_days=config.site.confirm_days,
+                       tz=zoneinfo.ZoneInfo(config.site.timezone))
 
 
 def expire_pending(config, store, now: dt.datetime) -> int:
@@ -153,8 +241,13 @@ def expire_pending(config, store, now: dt.datetime) -> int:
 # Welcome and goodbye
 
 
+#: The Subject of each message sent here, filled with the list's name.
+SUBJECTS = {"welcome": "Welcome to {list_name}", "goodbye": "You have left {list_name}",
+            "denied": "Your request to join {list_name}"}
+
+
 def message(config, lst, domain: str, address: str, kind: str, email: str, now: dt.datetime) -> bytes:
-    """The welcome or goodbye message to ``email`` for the list ``address`` (From its -request address)."""
+    """The welcome, goodbye or denied message to ``email`` for the list ``address`` (From its -request address)."""
     from email.headerregistry import Address
     from email.message import EmailMessage
     from email.utils import format_datetime, make_msgid
@@ -167,8 +260,7 @@ def message(config, lst, domain: str, address: str, kind: str, email: str, now: 
     msg = EmailMessage()
     msg["From"] = Address(" ".join(context["list_name"].split()), addr_spec=request_address(address))
     msg["To"] = email
-    msg["Subject"] = (f"Welcome to {context['list_name']}" if kind == "welcome"
-                      else f"You have left {context['list_name']}")
+    msg["Subject"] = SUBJECTS[kind].format(list_name=" ".join(context["list_name"].split()))
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = make_msgid(domain=domain)
     msg["Auto-Submitted"] = "auto-generated"
@@ -177,7 +269,7 @@ def message(config, lst, domain: str, address: str, kind: str, email: str, now: 
 
 
 def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
-    """Send the welcome and goodbye messages owed (member_changes.notice, not yet notified_at)."""
+    """Send the welcome, goodbye and denied messages owed (member_changes.notice, not yet notified_at)."""
     from ..common.sendmail import SendError, submit
     from ..common.staging import redirect_header, redirected
 
@@ -193,7 +285,8 @@ def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
     while True:
         with store.transaction():
             rows = store._q("SELECT id, list_address, email, notice FROM member_changes WHERE notified_at IS NULL"
-                            f" AND notice IN (?, ?) AND id > ? ORDER BY id LIMIT 1{lock}", (*NOTICES, after))
+                            f" AND notice IN ({', '.join('?' for _ in NOTICES)}) AND id > ? ORDER BY id"
+                            f" LIMIT 1{lock}", (*NOTICES, after))
             if not rows:
                 return notes, warnings
             ident, address, email, kind = rows[0]
@@ -204,7 +297,7 @@ def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
                                (store._ts(now), f"no {kind} sent: no list {address} any more", ident))
                 continue
             member = any(e.lower() == email.lower() for e, _ in lst.members)
-            if member != (kind == "welcome"):
+            if kind != "denied" and member != (kind == "welcome"):
                 continue  # the snapshot does not show the change yet (or undid it): not now
             body = message(config, known[address][0], known[address][1], address, kind, email, now)
             staging = lst.redirect_to

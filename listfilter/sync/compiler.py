@@ -150,7 +150,7 @@ def list_texts(config, lst, domain: str, address: str) -> dict[str, str]:
     from .templating import render
 
     kinds = OPTIN_TEXTS if lst.optin else ()
-    if "hold" in (lst.non_member_posts, lst.non_poster_posts):
+    if lst.holds_posts:
         kinds += HELD_TEXTS
     if not kinds:
         return {}

@@ -325,6 +325,17 @@ class ListConfig:
     non_poster_posts: str = "refuse"  # MODERATION_MODES: a post from a member who may not post
     hold_days: int = 14  # a held post not decided by then expires, and its poster is told
 
+    @property
+    def holds_posts(self) -> bool:
+        """Whether some posts wait for the owners (non_member_posts or non_poster_posts = "hold")."""
+        return "hold" in (self.non_member_posts, self.non_poster_posts)
+
+    @property
+    def signs_tokens(self) -> bool:
+        """Whether its mail carries signed tokens (common.tokens): an opt-in list's confirmations and
+        links, a held post's decisions. Such a list needs the token key."""
+        return self.optin is not None or self.holds_posts
+
 
 @dataclass(frozen=True)
 class ServedList:

@@ -237,7 +237,7 @@ def _ensure_token_key(config: Config) -> None:
     when a list needs one (opt-in or held posts); an existing key is never replaced."""
     from ..common import tokens
 
-    if any(l.optin or "hold" in (l.non_member_posts, l.non_poster_posts) for l in config.lists.values()):
+    if any(l.signs_tokens for l in config.lists.values()):
         path = config.site.token_key
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -149,3 +149,103 @@ def test_the_select_only_role_is_refused_until_given_the_documented_grants(make_
         owner.execute(f"DROP OWNED BY {role}")
         owner.execute(f"DROP ROLE {role}")
         owner.close()
+
+
+# ---------------------------------------------------------------- the joins that wait for an owner
+
+
+HELPERS = "helpers@lists.example.edu"
+HELPERS_PAGE = f"/lists/{HELPERS}/members"
+HELPERS_LIST = """
+[lists.helpers]
+display_name = "CS 199 Helpers"
+members = { optin = true, eligible = { roles = ["student"] }, approval = true }
+posters = ["prof@example.edu"]
+"""
+
+
+@pytest.fixture
+def optin(make_config):
+    """A site with an opt-in list whose owners approve each join; alice and bob (students) wait, by mail."""
+    import datetime as dt
+
+    from listfilter.common import spool as SP
+    from listfilter.common.events import Request, random_id
+    from listfilter.store import requests as RQ
+
+    config = set_up(make_config(COURSE_LISTS + HELPERS_LIST + WEB, roster=CSV_ROSTER))
+    SP.ensure(config.site.spool_dir)
+    now = dt.datetime.now(dt.timezone.utc)
+    for e, name in (("alice@example.edu", "Alice <b>L</b>"), ("bob@example.edu", "")):
+        SP.write_request(config.site.spool_dir, Request(id=random_id(), at=now.isoformat(), action="pending",
+                                                        list_address=HELPERS, subject=e, name=name, by=e))
+    with ST.open_store(config.store) as store:
+        assert RQ.ingest(config, store, now)[1] == []
+    return config
+
+
+@pytest.fixture
+def optin_client(optin):
+    client = W.create_app(optin).test_client()
+    login(client)
+    return client, csrf_of(client.get(HELPERS_PAGE).get_data(as_text=True))
+
+
+def requests_of(site):
+    with ST.open_store(site.store) as store:
+        return sorted(store._q("SELECT email, status, decided_by FROM join_requests"))
+
+
+def decide(client, token, **form):
+    return client.post(f"/lists/{HELPERS}/joins", data={"csrf_token": token, **form})
+
+
+def test_the_page_shows_who_waits_for_approval(optin_client, optin):
+    client, _ = optin_client
+    html = client.get(HELPERS_PAGE).get_data(as_text=True)
+    assert "Waiting for approval" in html and 'id="pending"' in html
+    assert '<tr data-email="alice@example.edu">' in html and '<tr data-email="bob@example.edu">' in html
+    assert "Alice &lt;b&gt;L&lt;/b&gt;" in html and "<b>L</b>" not in html  # shown as text
+    assert html.count('name="action" value="admit"') == 2 and html.count('name="action" value="deny"') == 2
+    assert "Waiting for approval" not in client.get(PAGE.replace(STAFF, "students@lists.example.edu")).get_data(
+        as_text=True)  # not an opt-in list: no such table
+
+
+def test_admit_and_deny_are_recorded_with_the_signed_in_user(optin_client, optin):
+    client, token = optin_client
+    r = decide(client, token, action="admit", email="alice@example.edu")
+    assert r.status_code == 302 and r.headers["Location"].startswith(HELPERS_PAGE)
+    html = client.get(r.headers["Location"]).get_data(as_text=True)
+    assert "Admitted alice@example.edu: they become a member, and are welcomed, at the next sync." in html
+    assert '<tr data-email="alice@example.edu">' not in html.split('id="pending"')[1].split("</table>")[0]
+    r = decide(client, token, action="deny", email="bob@example.edu")
+    assert r.status_code == 302
+    assert "Denied bob@example.edu's request to join." in client.get(r.headers["Location"]).get_data(as_text=True)
+    assert 'id="no-pending"' in client.get(HELPERS_PAGE).get_data(as_text=True)
+    assert requests_of(optin) == [("alice@example.edu", "admitted", "instructor@example.edu"),
+                                  ("bob@example.edu", "denied", "instructor@example.edu")]
+    assert changes(optin, HELPERS) == [("join", "alice@example.edu", "instructor@example.edu", "web"),
+                                       ("deny", "bob@example.edu", "instructor@example.edu", "web")]
+    r = decide(client, token, action="deny", email="alice@example.edu")  # the first decision counts
+    html = r.get_data(as_text=True)
+    assert r.status_code == 409 and 'id="error"' in html
+    assert "alice@example.edu&#39;s request to join helpers@lists.example.edu was already admitted by" \
+           " instructor@example.edu" in html
+    assert requests_of(optin)[0][1] == "admitted"
+
+
+def test_a_join_decision_needs_the_csrf_token_an_instructor_and_a_decision(optin_client, optin):
+    client, token = optin_client
+    assert client.post(f"/lists/{HELPERS}/joins", data={"action": "admit", "email": "alice@example.edu"}
+                       ).status_code == 400
+    assert decide(client, "forged", action="admit", email="alice@example.edu").status_code == 400
+    assert decide(client, token, action="approve", email="alice@example.edu").status_code == 400
+    assert decide(client, token, action="admit", email="not an address").status_code == 400
+    assert client.post("/lists/nope@lists.example.edu/joins",
+                       data={"csrf_token": token, "action": "admit", "email": "alice@example.edu"}).status_code == 404
+    other = W.create_app(optin).test_client()
+    token = csrf_of(other.get(HELPERS_PAGE, **proxied("instructor@example.edu")).get_data(as_text=True))
+    r = other.post(f"/lists/{HELPERS}/joins", data={"csrf_token": token, "action": "admit",
+                                                    "email": "alice@example.edu"}, **proxied("ta.one@example.edu"))
+    assert r.status_code == 403
+    assert [s for _, s, _ in requests_of(optin)] == ["pending", "pending"]

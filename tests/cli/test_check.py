@@ -339,3 +339,40 @@ def test_unreachable_inbound_milters_are_a_problem_for_lists_that_require_authen
                                         f" inet:127.0.0.1:{port} accept connections"], ran.stdout
     # without [verify] no list requires it, and there is no line
     assert verify_lines(listfilter(make_config(COURSE_LISTS, roster=CSV_ROSTER), "check").stdout) == []
+
+
+OPTIN_LIST = """
+[domains."lists.example.edu"]
+course = "CS 199"
+
+[lists.jobs]
+members = { optin = true, eligible = "anyone" }
+posters = ["prof@example.edu"]
+"""
+
+
+def key_line(stdout: str) -> str:
+    [line] = [line for line in stdout.splitlines() if "token key:" in line]
+    return line
+
+
+def test_the_token_key_exists_is_private_and_deliver_reads_it(make_config, tmp_path):
+    """Lists that confirm joins or hold posts need the key: deliver (pipe(8): its user and own group) reads it."""
+    ensure_user("listfilter")
+    path = make_config(OPTIN_LIST, roster=CSV_ROSTER)
+    key = tmp_path / "state" / "token-key"
+    assert key_line(listfilter(path, "check").stdout) == (
+        f"PROBLEM  token key: {key}: No such file or directory: confirmations and held-post decisions defer until"
+        " `listfilter sync` makes it")
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text("00" * 32 + "\n")
+    key.chmod(0o644)
+    assert "is readable by every local user (mode 0644)" in key_line(listfilter(path, "check").stdout)
+    key.chmod(0o640)  # root:root
+    assert key_line(listfilter(path, "check").stdout).startswith(
+        f"PROBLEM  token key: {key} is not readable by deliver (listfilter)")
+    shutil.chown(key, "listfilter")
+    assert key_line(listfilter(path, "check").stdout) == (
+        f"ok       token key: {key}: readable by deliver, for 1 list with confirmations or held posts")
+    roster_only = make_config(roster=CSV_ROSTER, name="roster-only.toml")
+    assert "token key" not in listfilter(roster_only, "check").stdout  # no list needs one

@@ -201,7 +201,8 @@ def test_deliver_dry_run_uses_the_configs_snapshot(example_config, synced):
                      "--recipient", STUDENTS, input=POST)
     assert ran.returncode == 0, ran.stderr
     out = ran.stdout
-    assert out.startswith("rule loop: pass\nrule duplicate: pass\nrule approved: pass\nrule poster: pass\n")
+    assert out.startswith("rule loop: pass\nrule duplicate: pass\nrule approved: pass\nrule held: pass\n"
+                          "rule poster: pass\n")
     assert "decision: delivered: would deliver to 5 recipients\n" in out  # the poster is left out
     assert "  alice@example.edu\n" in out and "  instructor@example.edu\n" not in out
     assert "\nList-Id: \"CS 199 Students\" <students.lists.example.edu>\n" in out and out.endswith("\n\nRoom 1404.\n")

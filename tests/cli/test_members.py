@@ -135,3 +135,140 @@ def test_root_leaves_no_root_owned_store_files(example_config, site):
     assert listfilter(example_config, "members", "changes", STAFF).returncode == 0
     owners = {p.name: p.stat().st_uid for p in (store_dir, *store_dir.iterdir())}
     assert set(owners.values()) == {user.pw_uid}, owners
+
+
+# ---------------------------------------------------------------- the joins that wait for an owner
+
+
+HELPERS = "helpers@lists.example.edu"
+HELPERS_LIST = """
+[lists.helpers]
+display_name = "CS 199 Helpers"
+members = { optin = true, eligible = { roles = ["student"] }, approval = true }
+posters = ["instructor@example.edu"]
+"""
+
+
+@pytest.fixture
+def optin(example_config, tmp_path) -> C.Config:
+    """The example with an opt-in list whose owners approve each join, synced, and a fake sendmail."""
+    from ..mail.test_deliver import fake_sendmail
+
+    sendmail, _ = fake_sendmail(tmp_path)
+    text = example_config.read_text().replace('state_dir = "state"', f'state_dir = "state"\nsendmail = "{sendmail}"')
+    example_config.write_text(text + HELPERS_LIST)
+    assert listfilter(example_config, "db", "upgrade").returncode == 0
+    assert listfilter(example_config, "sync", "--quiet").returncode == 0
+    return C.load(example_config)
+
+
+def waiting(config: C.Config, *emails: str, at=None) -> None:
+    """Confirmed joins of helpers@ that wait for an owner, as the mail side leaves them and sync applies them."""
+    import datetime as dt
+
+    from listfilter.common import spool as SP
+    from listfilter.common.events import Request, random_id
+    from listfilter.store import requests as RQ
+
+    at = at or dt.datetime.now(dt.timezone.utc)
+    SP.ensure(config.site.spool_dir)
+    for e in emails:
+        SP.write_request(config.site.spool_dir, Request(id=random_id(), at=at.isoformat(), action="pending",
+                                                        list_address=HELPERS, subject=e, name=e.split("@")[0].title(),
+                                                        by=e))
+    with ST.open_store(config.store) as store:
+        assert RQ.ingest(config, store, at)[1] == []
+
+
+def sent_to(tmp_path) -> list[tuple[str, str]]:
+    """(recipient, Subject) of each message the fake sendmail took."""
+    import email
+
+    calls = tmp_path / "calls"
+    out = []
+    for args in sorted(calls.glob("*.args"), key=lambda p: int(p.stem)):
+        msg = email.message_from_bytes(args.with_suffix(".msg").read_bytes())
+        out.append((args.read_text().splitlines()[-1], str(msg["Subject"])))
+    return out
+
+
+def test_pending_shows_who_waits(example_config, optin):
+    assert listfilter(example_config, "members", "pending").stdout == "no joins wait for an owner\n"
+    assert listfilter(example_config, "members", "pending", HELPERS).stdout == \
+        f"no joins wait for an owner on {HELPERS}\n"
+    waiting(optin, "alice@example.edu", "bob@example.edu")
+    ran = listfilter(example_config, "members", "pending", HELPERS)
+    assert ran.returncode == 0, ran.stderr
+    rows = [line.split("\t") for line in ran.stdout.splitlines()]
+    assert [r[:3] for r in rows] == [[HELPERS, "alice@example.edu", "Alice"], [HELPERS, "bob@example.edu", "Bob"]]
+    assert rows[0][3].endswith(("-06:00", "-05:00")) and rows[0][4].startswith("expires ")
+    assert listfilter(example_config, "members", "pending").stdout == ran.stdout  # every list's
+    data = json.loads(listfilter(example_config, "members", "pending", "--json").stdout)
+    assert [(d["email"], d["name"]) for d in data] == [("alice@example.edu", "Alice"), ("bob@example.edu", "Bob")]
+    assert data[0]["expires_at"] > data[0]["requested_at"]
+
+
+def test_admit_and_deny_are_recorded_and_told_at_the_sync(example_config, optin, tmp_path):
+    waiting(optin, "alice@example.edu", "bob@example.edu")
+    ran = listfilter(example_config, "members", "admit", HELPERS, "Alice@Example.edu", env={"SUDO_USER": "carol"})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == (f"alice@example.edu's request to join {HELPERS} is admitted; they become a member at"
+                          " the next sync\n")
+    ran = listfilter(example_config, "members", "deny", HELPERS, "bob@example.edu", "--sync")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith(f"bob@example.edu's request to join {HELPERS} is denied; they are told at the"
+                                 " next sync\n")
+    assert f"\nrequests: denied sent to bob@example.edu for {HELPERS}\n" in ran.stdout and "\nsync: " in ran.stdout
+    assert listfilter(example_config, "members", "pending", HELPERS).stdout.startswith("no joins wait")
+    assert installed(optin, HELPERS) == {"alice@example.edu": "joined"}
+    # the sync welcomed the admitted joiner and told the denied one
+    assert sorted(sent_to(tmp_path)) == [("alice@example.edu", "Welcome to CS 199 Helpers"),
+                                         ("bob@example.edu", "Your request to join CS 199 Helpers")]
+    with ST.open_store(optin.store) as store:
+        assert sorted(store._q("SELECT email, status, decided_by FROM join_requests")) == [
+            ("alice@example.edu", "admitted", "carol (sudo root)"), ("bob@example.edu", "denied", "root")]
+        assert [(c.action, c.email, c.actor, c.via, c.notice, c.notified_at is not None)
+                for c in reversed(MS.changes(store, HELPERS))] == [
+            ("join", "alice@example.edu", "carol (sudo root)", "cli", "welcome", True),
+            ("deny", "bob@example.edu", "root", "cli", "denied", True)]
+    assert listfilter(example_config, "sync", "--quiet").returncode == 0
+    assert len(sent_to(tmp_path)) == 2  # each told once
+
+
+@pytest.mark.parametrize("action", ["admit", "deny"])
+def test_the_first_decision_counts_and_the_second_says_by_whom_and_when(example_config, optin, action):
+    waiting(optin, "alice@example.edu")
+    assert listfilter(example_config, "members", "admit", HELPERS, "alice@example.edu").returncode == 0
+    ran = listfilter(example_config, "members", action, HELPERS, "alice@example.edu")
+    assert ran.returncode == 1 and ran.stdout == ""
+    assert ran.stderr.startswith(f"listfilter: alice@example.edu's request to join {HELPERS} was already admitted by"
+                                 " root on 20")
+    with ST.open_store(optin.store) as store:
+        assert store._q("SELECT status FROM join_requests") == [("admitted",)]
+
+
+def test_mistakes_about_joins_are_one_line_and_change_nothing(example_config, optin):
+    import datetime as dt
+
+    waiting(optin, "bob@example.edu", at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=60))
+    with ST.open_store(optin.store) as store:  # a pending row for someone the list no longer lets join
+        store._execute("INSERT INTO join_requests (list_address, email_key, email, name, status, requested_at)"
+                       " VALUES (?, ?, ?, '', 'pending', ?)", (HELPERS, "stranger@example.org", "stranger@example.org",
+                                                              store._ts(dt.datetime.now(dt.timezone.utc))))
+    for args, message in [
+        (("admit", HELPERS, "carol@example.edu"), f"no join request waits: carol@example.edu has not asked to join"
+                                                  f" {HELPERS}"),
+        (("deny", STAFF, "alice@example.edu"), f"{STAFF} is not an opt-in list in "),
+        (("admit", HELPERS, "bob@example.edu"), f"bob@example.edu's request to join {HELPERS} has expired: nobody"
+                                                " decided within confirm_days"),
+        (("admit", HELPERS, "stranger@example.org"), f"stranger@example.org may no longer join {HELPERS}"),
+        (("admit", "helpers", "bob@example.edu"), "'helpers' is a list name: give one of its addresses"),
+        (("deny", HELPERS, "not an address"), "malformed address 'not an address'"),
+    ]:
+        ran = listfilter(example_config, "members", *args)
+        assert ran.returncode == 1 and ran.stderr.startswith(f"listfilter: {message}"), (args, ran.stderr)
+        assert ran.stderr.count("\n") == 1
+    with ST.open_store(optin.store) as store:
+        assert sorted(store._q("SELECT email, status FROM join_requests")) == [
+            ("bob@example.edu", "pending"), ("stranger@example.org", "pending")]
+        assert MS.changes(store) == []

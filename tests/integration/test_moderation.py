@@ -1,7 +1,8 @@
 """Held posts end to end through a real Postfix: hold, approve by reply, release once, discard, expire.
 
 swaks → smtpd (the policy service lets a sender the list would hold through) → pipe(8) →
-listfilter-deliver, which holds a non-member's post and tells the poster and the owners; the owner
+listfilter-deliver, which holds a non-member's post and tells the poster and the owners (once: the same
+message sent again is recognised as held); the owner
 replies with the approve token through Postfix; the real ``listfilter sync`` takes the post into
 the store, applies the decision, installs a snapshot that approves it and hands it back to Postfix,
 and deliver lets it through to the members exactly once. A second held post is discarded through
@@ -170,6 +171,11 @@ def test_hold_approve_release_once_discard_expire(site):
     mail_from, poster = by_rcpt[(STRANGER,)]
     assert mail_from == "" and "is being held for the list's owners" in poster.get_body(("plain",)).get_content()
     site.sink.clear()
+    # the same message again (the poster sends it twice): already held, so no second post and no notices
+    site.send(to=LIST, sender=STRANGER, subject="Room for one more?", msgid="<h1@example.org>",
+              frm=f"Stranger <{STRANGER}>", body="Hello, is there room for one more?\n")
+    site.nothing_more()
+    assert len(list((site.base / "state" / "spool" / "held").glob("*.json"))) == 1
 
     # 2. the owner replies through Postfix; sync takes the post in, approves it and releases it
     site.send(to=REQUEST, sender=OWNER, subject=f"Re: {owners['Subject']}", msgid="<reply-1@example.edu>",
@@ -178,6 +184,7 @@ def test_hold_approve_release_once_discard_expire(site):
     assert list((site.base / "state" / "spool" / "requests").glob("*.json"))
     out = site.sync()
     assert "moderation: approve by prof@example.edu" in out and "released the approved post" in out, out
+    assert "moderation: 1 held post taken in from the spool" in out, out  # one post, however often it came
     got = site.received(3)
     assert sorted(r for _, rcpts, _ in got for r in rcpts) == sorted(MEMBERS)  # the members, each once
     for mail_from, rcpts, msg in got:

@@ -503,7 +503,7 @@ def test_dry_run_prints_the_chain_and_sends_and_writes_nothing(env):
     proc = env.deliver(POST, STUDENTS, "instructor@example.edu", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.decode()
-    assert out.startswith("rule loop: pass\nrule duplicate: pass\nrule approved: pass\nrule poster: pass\n"
+    assert out.startswith("rule loop: pass\nrule duplicate: pass\nrule approved: pass\nrule held: pass\nrule poster: pass\n"
                           "rule authenticated: pass\n"
                           "decision: delivered: would deliver to 5 recipients\nrecipients (5):\n")
     assert "  bob@example.edu\n" in out and "List-Id:" in out

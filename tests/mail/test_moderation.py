@@ -154,6 +154,42 @@ def test_a_notice_that_cannot_be_sent_defers_and_keeps_nothing(env):
     assert len(held_records(env)) == 1 and [e["status"] for e in env.events()] == ["held"]
 
 
+def test_the_same_message_again_is_held_once(env):
+    """A resend, or Postfix's retry: the delivery's progress record names the held id, so the second copy
+    is discarded with no notices, and its log line says which held post it is."""
+    assert env.deliver(STRANGER, sender="stranger@example.org").returncode == 0
+    [(meta, _)] = held_records(env)
+    events, sent = env.events(), env.sent()
+    again = env.deliver(STRANGER, sender="stranger@example.org")
+    assert again.returncode == 0 and again.stderr == b""
+    assert env.sent() == sent and held_records(env) == [(meta, STRANGER)]
+    assert env.events() == events  # the held row stands: no record written over it
+    assert env.log_line(STRANGER, sender="stranger@example.org") == (
+        f"held: <held-1@example.org> to {STUDENTS} is already held as {meta['id']} for the owners; not held"
+        " again (rule held)")
+    proc = env.deliver(STRANGER, STUDENTS, "stranger@example.org", "--dry-run")
+    assert f"rule held: discard: <held-1@example.org> to {STUDENTS} is already held as {meta['id']}" \
+        in proc.stdout.decode()
+
+
+def test_the_held_mark_is_the_last_step(env, monkeypatch):
+    """The held event cannot be written (exit 75): the post is not marked held, so Postfix's retry holds it
+    anew and records it; a second held copy, never a held post without its mail log row."""
+    from listfilter.common.errors import Defer
+
+    def full(spool, event):
+        raise SP.SpoolError("spool full")
+
+    with monkeypatch.context() as m:
+        m.setattr(SP, "write_event", full)
+        with pytest.raises(Defer):
+            env.log_line(STRANGER, sender="stranger@example.org")
+    assert len(held_records(env)) == 1 and env.events() == []
+    assert env.log_line(STRANGER, sender="stranger@example.org").endswith("(rule poster)")
+    assert len(held_records(env)) == 2 and [e["status"] for e in env.events()] == ["held"]
+    assert "already held as" in env.log_line(STRANGER, sender="stranger@example.org")
+
+
 def test_dry_run_holds_nothing(env):
     proc = env.deliver(STRANGER, "students@lists.example.edu", "stranger@example.org", "--dry-run")
     assert proc.returncode == 0, proc.stderr
@@ -184,13 +220,13 @@ def test_only_the_approved_post_itself_gets_through(env, tmp_path):
 
     forged = b"X-Listfilter-Approved: " + b"0" * 32 + b"\n" + kept  # an id nobody approved
     assert env.deliver(forged, sender="stranger@example.org").returncode == 0
+    assert len(env.sent()) == before and len(held_records(env)) == 1  # the same message: already held, once
     other = (b"X-Listfilter-Approved: " + meta["id"].encode() + b"\n"
              + kept.replace(b"<held-1@example.org>", b"<other@example.org>"))  # the id on another message
     assert env.deliver(other, sender="stranger@example.org").returncode == 0
-    # held again, each: the owners told, and the poster until the day's notice_limit (2)
-    assert [argv[-1] for argv, _ in env.sent()[before:]] == ["instructor@example.edu", "stranger@example.org",
-                                                             "instructor@example.edu"]
-    assert {e["status"] for e in env.events()} == {"held"}
+    # held, as a post of its own: the owners told, and the poster (the day's second notice, notice_limit 2)
+    assert [argv[-1] for argv, _ in env.sent()[before:]] == ["instructor@example.edu", "stranger@example.org"]
+    assert {e["status"] for e in env.events()} == {"held"} and len(held_records(env)) == 2
 
     release = b"X-Listfilter-Approved: " + meta["id"].encode() + b"\n" + kept
     assert env.deliver(release, sender="stranger@example.org").returncode == 0
@@ -201,7 +237,7 @@ def test_only_the_approved_post_itself_gets_through(env, tmp_path):
     assert [(e["status"], e["rule"]) for e in delivered] == [("delivered", "approved")]
     # a second copy of the released post is a duplicate
     assert env.deliver(release, sender="stranger@example.org").returncode == 0
-    assert env.sent()[-1] == (argv, copy) and len(env.sent()) == before + 4
+    assert env.sent()[-1] == (argv, copy) and len(env.sent()) == before + 3
 
 
 def test_the_rewrite_removes_a_posters_approved_header():

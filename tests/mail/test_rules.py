@@ -102,6 +102,18 @@ def test_approved_comes_after_loop_and_duplicate():
     assert R.decide(facts._replace(headers=parse_headers(LOOPED)))[0].rule == "loop"
 
 
+def test_a_message_already_held_is_not_held_again_but_its_approved_release_goes_through():
+    again = held(post_key="<m1@example.edu>", held_as="0123456789abcdef0123456789abcdef")
+    decision, trail = R.decide(again)
+    assert (decision.rule, decision.action) == ("held", R.DISCARD)
+    assert decision.reason == ("<m1@example.edu> to students@lists.example.edu is already held as"
+                               " 0123456789abcdef0123456789abcdef for the owners; not held again")
+    assert R.decide(again._replace(may_post=True))[0].rule == "held"  # whoever it is from now: the owners decide
+    assert R.decide(again._replace(approved_key="<m1@example.edu>"))[0].rule == "approved"
+    assert R.decide(again._replace(delivered_recently=True))[0].rule == "duplicate"  # released and delivered
+    assert R.held(again._replace(held_as="")) is None
+
+
 def test_rules_are_pure():
     p = post(LOOPED, may_post=False, delivered_recently=True)
     before = list(p.headers.fields)
@@ -114,7 +126,8 @@ def test_rules_are_pure():
 
 
 def test_chain_order_and_descriptions():
-    assert [rule.__name__ for rule, _ in R.CHAIN] == ["loop", "duplicate", "approved", "poster", "authenticated"]
+    assert [rule.__name__ for rule, _ in R.CHAIN] == ["loop", "duplicate", "approved", "held", "poster",
+                                                      "authenticated"]
     assert all(isinstance(text, str) and text for _, text in R.CHAIN)
 
 
@@ -139,12 +152,12 @@ def test_decide_first_decision_wins(facts, rule, action):
     assert (decision.rule, decision.action) == (rule, action)
     # the trail holds every rule up to the one that decided, in order; only that one has a verdict
     names = [name for name, _ in trail]
-    assert names == ["loop", "duplicate", "approved", "poster", "authenticated"][:len(names)]
+    assert names == ["loop", "duplicate", "approved", "held", "poster", "authenticated"][:len(names)]
     assert [verdict for _, verdict in trail[:-1]] == [None] * (len(trail) - 1)
     if rule == "approved":
         assert trail[-1] == (rule, decision)
     elif action == R.ACCEPT:
-        assert names == ["loop", "duplicate", "approved", "poster", "authenticated"] and trail[-1][1] is None
+        assert names == ["loop", "duplicate", "approved", "held", "poster", "authenticated"] and trail[-1][1] is None
         assert decision == R.Decision("accept", R.ACCEPT, "no rule stopped it")
     else:
         assert trail[-1] == (rule, decision)
@@ -152,7 +165,7 @@ def test_decide_first_decision_wins(facts, rule, action):
 
 def test_decide_returns_the_trail():
     decision, trail = R.decide(post(from_address="stranger@example.org", may_post=False))
-    assert trail == [("loop", None), ("duplicate", None), ("approved", None), ("poster", decision)]
+    assert trail == [("loop", None), ("duplicate", None), ("approved", None), ("held", None), ("poster", decision)]
     decision, trail = R.decide(post(LOOPED))
     assert trail == [("loop", decision)]
 

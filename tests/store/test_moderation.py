@@ -227,3 +227,24 @@ def test_approved_lists_what_the_snapshot_lets_through(config, store):
     store._execute("UPDATE held_posts SET status = 'released', released_at = ? WHERE id = ?",
                    (store._ts(NOW - dt.timedelta(days=MOD.RELEASE_WINDOW_DAYS + 1)), a))
     assert MOD.approved(store) == [] and status(store, c) == "held"
+
+
+def test_migration_9_moves_the_expiry_notice_out_of_released_at(config, backend, monkeypatch):
+    """Version 8 marked an expired post's notice as dealt with in released_at; version 9 has notified_at."""
+    from listfilter.store import database as ST
+    from listfilter.store import migrations as MG
+
+    with ST.open_store(config.store, create=True) as s:
+        monkeypatch.setattr(MG, "MIGRATIONS", MG.MIGRATIONS[:8])
+        assert s.upgrade()[-1].version == 8
+        monkeypatch.undo()
+        for ident, status, released in (("a" * 32, "expired", NOW), ("b" * 32, "expired", None),
+                                        ("c" * 32, "released", NOW)):
+            s._execute("INSERT INTO held_posts (id, list_address, event_id, post_key, status, held_at, expires_at,"
+                       " released_at, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (ident, STUDENTS, ident, "<k@x>", status, s._ts(NOW), s._ts(NOW),
+                        s._ts(released) if released else None, b"x"))
+        assert [m.version for m in s.upgrade()][0] == 9
+        got = {r[0][0]: (r[1] is not None, r[2] is not None)
+               for r in s._q("SELECT id, released_at, notified_at FROM held_posts ORDER BY id")}
+        assert got == {"a": (False, True), "b": (False, False), "c": (True, False)}

@@ -213,3 +213,37 @@ def test_no_welcome_before_the_snapshot_has_the_member(config, store, calls):
     assert sent(calls_dir) == [] and MS.changes(store, CLUB)[0].notified_at is None
     notes, _ = RQ.send_owed(config, store, lists, T0)
     assert len(sent(calls_dir)) == 1 and any("welcome sent" in n for n in notes)
+
+
+def test_an_owners_decision_from_the_cli_or_the_page_is_the_replys(config, store):
+    """owner_decision / decide_join (listfilter members admit/deny, the Members page): the first decision
+    counts, the joiner must still be eligible, an old request has expired, a denial owes the denied message."""
+    Y.run(config)
+    for who in ("alice@example.edu", "bob@example.edu"):
+        request(config, "pending", who, list_address=HELPERS)
+    RQ.ingest(config, store, T0)
+    now = T0 + dt.timedelta(hours=1)
+    got = RQ.owner_decision(config, store, HELPERS, "alice@example.edu", "admit", "prof", "cli", now)
+    assert got == (True, "admitted", f"alice@example.edu's request to join {HELPERS} is admitted; they become a"
+                                     " member at the next sync")
+    got = RQ.owner_decision(config, store, HELPERS, "alice@example.edu", "deny", "dean", "web", now)
+    assert got.changed is False and got.message.startswith(f"alice@example.edu's request to join {HELPERS} was"
+                                                           " already admitted by prof on 2026-01-21T10:00-06:00")
+    # a reply with the same decision again is a note, not a warning (a second click, a retry)
+    request(config, "admit", "alice@example.edu", list_address=HELPERS, by="prof@example.edu")
+    notes, warnings = RQ.ingest(config, store, now)
+    assert warnings == [] and "was already admitted by prof" in notes[0]
+    assert joined(store, HELPERS) == ["alice@example.edu"]
+    late = now + dt.timedelta(days=config.site.confirm_days + 1)
+    assert RQ.owner_decision(config, store, HELPERS, "bob@example.edu", "deny", "prof", "cli", late).status == "expired"
+    got = RQ.owner_decision(config, store, HELPERS, "bob@example.edu", "deny", "prof", "cli", now)
+    assert got[:2] == (True, "denied")
+    [deny] = [c for c in MS.changes(store, HELPERS) if c.action == "deny"]
+    assert (deny.email, deny.actor, deny.via, deny.notice, deny.notified_at) == ("bob@example.edu", "prof", "cli",
+                                                                                  "denied", None)
+    assert [k.email for k in MS.rows(store, HELPERS)] == ["alice@example.edu"]  # a denial adds nobody
+    assert RQ.owner_decision(config, store, CLUB, "bob@example.edu", "admit", "prof", "cli", now).message == \
+        f"no join request waits: bob@example.edu has not asked to join {CLUB}"
+    assert RQ.join_requests(store, HELPERS) == []
+    assert [(r.email, r.status) for r in RQ.join_requests(store, status=("admitted", "denied"))] == [
+        ("alice@example.edu", "admitted"), ("bob@example.edu", "denied")]
