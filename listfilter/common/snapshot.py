@@ -181,9 +181,18 @@ def fill_notice(text: str, **values: str) -> str:
     return re.sub("\ufdd0(" + "|".join(TEXT_FIELDS) + ")\ufdd1", lambda m: values.get(m.group(1), ""), text)
 
 
-def summary_line(address: str, members: int, posters: int, rule: str) -> str:
-    """One line per list, as ``sync --dry-run`` and ``lists`` show it."""
-    return f"{address}: {plural(members, 'member')}, {plural(posters, 'poster')} ({rule})"
+def summary_line(address: str, members: int, posters: int, rule: str, lst=None) -> str:
+    """One line per list, as ``sync --dry-run`` and ``lists`` show it; ``lst`` (a list row or a compiled
+    list) adds whether people join it themselves and whether it holds posts."""
+    extra = []
+    if lst is not None and lst.optin:
+        extra.append(f"opt-in: {lst.join_rule} may join" + (", owners admit" if lst.join_approval else ""))
+    if lst is not None and "hold" in (lst.non_member_posts, lst.non_poster_posts):
+        held = [who for who, mode in (("non-members", lst.non_member_posts), ("members who may not post",
+                                                                               lst.non_poster_posts)) if mode == "hold"]
+        extra.append(f"holds posts from {' and '.join(held)}")
+    return f"{address}: {plural(members, 'member')}, {plural(posters, 'poster')} ({rule})" + "".join(
+        f"; {e}" for e in extra)
 
 
 class SnapshotError(ListfilterError):

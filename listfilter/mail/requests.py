@@ -237,8 +237,10 @@ def _bad_token(job, problem: str) -> str:
     to = _answerable(job)
     if isinstance(to, Refused):
         return f"{note}; not answered ({to.why})"
+    again = ("To start again, follow the instructions below." if row.optin else
+             "A held post the code was for stays held until an owner decides or it expires.")
     reason = (f"Your message carried a confirmation code that cannot be used: {problem}.\n"
-              "Nothing was changed. To start again, follow the instructions below.\n\n")
+              f"Nothing was changed. {again}\n\n")
     return answer(job, "request-help", to, address=to, reason=reason, note=note)
 
 

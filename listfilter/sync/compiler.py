@@ -150,8 +150,8 @@ def list_texts(config, lst, domain: str, address: str) -> dict[str, str]:
     from .templating import render
 
     kinds = OPTIN_TEXTS if lst.optin else ()
-    if lst.holds_posts:
-        kinds += HELD_TEXTS
+    if lst.holds_posts:  # and the answer to an owner's reply whose token cannot be used
+        kinds += HELD_TEXTS + (() if lst.optin else ("request-help",))
     if not kinds:
         return {}
     return {kind: render(f"messages/{kind}.txt.j2", **message_context(config, lst, domain, address),
@@ -186,7 +186,7 @@ def unsubscribe_url(config) -> str:
 
 
 def summary(lst: CompiledList) -> str:
-    return summary_line(lst.address, len(lst.members), len(lst.posters), lst.posters_rule)
+    return summary_line(lst.address, len(lst.members), len(lst.posters), lst.posters_rule, lst)
 
 
 def _postfix_log(postfix) -> str:

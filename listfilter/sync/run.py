@@ -313,7 +313,7 @@ def installed_summary(config: Config) -> list[str]:
     try:
         with S.Snapshot(config.site.snapshot_path) as snap:
             return [
-                S.summary_line(l.address, l.member_count, len(snap.posters(l.address)), l.posters_rule) + "\n"
+                S.summary_line(l.address, l.member_count, len(snap.posters(l.address)), l.posters_rule, l) + "\n"
                 for l in snap.lists()
             ]
     except S.SnapshotError:

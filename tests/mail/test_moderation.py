@@ -301,3 +301,24 @@ def test_excerpt_shows_plain_text_never_html():
     text = MOD.excerpt(parse_headers(b"From: a@example.org\n"), long)
     assert text.splitlines()[0] == "    line 0" and text.splitlines()[-1] == "    [...]"
     assert len(text.splitlines()) == MOD.EXCERPT_LINES + 1
+
+
+def test_an_owners_reply_with_a_token_that_cannot_be_used_is_answered(env):
+    """A list that holds posts but is not opt-in answers an unusable approve/discard code too: with the
+    list's help text, which names no join or leave, saying why nothing changed."""
+    assert env.deliver(STRANGER, sender="stranger@example.org").returncode == 0
+    (_, owners_msg), _ = env.sent()
+    approve = TK.find(parsed(owners_msg).get_body(("plain",)).get_content())[0]
+    payload, mac = approve.split(".")
+    forged = payload + "." + ("A" if mac[0] != "A" else "B") + mac[1:]
+    reply = (b"From: Instructor <instructor@example.edu>\nTo: students-request@lists.example.edu\n"
+             b"Subject: Re: approve " + forged.encode() + b"\nMessage-ID: <r1@example.edu>\n\nok\n")
+    proc = env.deliver(reply, "students-request@lists.example.edu", "instructor@example.edu")
+    assert proc.returncode == 0, proc.stderr
+    [(argv, answer)] = env.sent()[2:]
+    assert argv[-1] == "instructor@example.edu"
+    text = parsed(answer).get_body(("plain",)).get_content()
+    assert "cannot be used: the token's signature does not match" in text
+    assert "stays held until an owner decides or it expires" in text
+    assert "To join" not in text and "nobody joins or leaves it by mail" in text
+    assert SP.pending_requests(env.spool) == []  # nothing decided

@@ -56,3 +56,14 @@ def test_the_snapshot_carries_the_texts(make_config):
         row = snap.get_list("club@lists.example.edu")
         assert row.optin and snap.may_join(row, "alice@example.edu") and not snap.may_join(row, "x@example.org")
     assert config.site.token_key.is_file()
+
+
+def test_the_summary_says_who_may_join_and_whose_posts_wait(make_config):
+    held = CLUB.replace('posters = ["prof@example.edu"]', 'posters = ["prof@example.edu"]\nnon_member_posts = "hold"'
+                                                          '\nnon_poster_posts = "hold"')
+    config = C.load(make_config(COURSE_LISTS + held, roster=CSV_ROSTER))
+    [line] = [K.summary(l) for l in Y.plan(config, suppressed={}).lists if l.address == "club@lists.example.edu"]
+    assert line == ("club@lists.example.edu: 0 members, 1 poster (prof@example.edu); opt-in: course student may join;"
+                    " holds posts from non-members and members who may not post")
+    Y.run(config)
+    assert line + "\n" in Y.installed_summary(config)  # the installed snapshot's says the same
