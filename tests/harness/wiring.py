@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from listfilter.sync import config as C
@@ -51,3 +52,20 @@ def listfilter_spool(config: C.Config) -> Path:
     spool.mkdir(parents=True, exist_ok=True)
     os.chown(spool, pwd.getpwnam("listfilter").pw_uid, -1)
     return spool
+
+
+#: The store backends an integration test can run its flow on.
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+@contextmanager
+def store_table(backend: str, base: Path):
+    """The config's ``[store]`` table for ``backend``: a SQLite file under ``base``, or a PostgreSQL
+    database of its own (created, and dropped on exit)."""
+    if backend == "sqlite":
+        yield f'[store]\nbackend = "sqlite"\npath = "{base / "state" / "maillog.sqlite"}"\n'
+        return
+    from ..conftest import roster_database
+
+    with roster_database(rows=[]) as dsn:
+        yield f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n'

@@ -30,7 +30,7 @@ from listfilter.sync import config as C
 
 from ..harness.postfix import PostfixInstance, ensure_user, swaks, traversable_tmpdir
 from ..harness.smtpsink import SMTPSink
-from ..harness.wiring import install_programs, listfilter_spool, wire
+from ..harness.wiring import STORE_BACKENDS, install_programs, listfilter_spool, store_table, wire
 
 pytestmark = pytest.mark.integration
 
@@ -100,10 +100,10 @@ class Site:
             return post
 
 
-@pytest.fixture(scope="module")
-def site():
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def site(request):
     ensure_user("listfilter")
-    with traversable_tmpdir() as base, SMTPSink() as sink:
+    with traversable_tmpdir() as base, SMTPSink() as sink, store_table(request.param, base) as store:
         program = install_programs(base / "bin")
         pf = PostfixInstance(base / "postfix", relay_port=sink.port)
         wrapper = base / "bin" / "sendmail"
@@ -128,10 +128,7 @@ map_type = "hash"
 [roster]
 source = "csv"
 csv = "{base / 'roster.csv'}"
-[store]
-backend = "sqlite"
-path = "{base / 'state' / 'maillog.sqlite'}"
-[web]
+{store}[web]
 url = "{WEB_URL}"
 [domains."{DOMAIN}"]
 course = "CS 199"

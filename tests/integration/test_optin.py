@@ -29,7 +29,7 @@ from listfilter.common import tokens as TK
 
 from ..harness.postfix import PostfixInstance, ensure_user, swaks, traversable_tmpdir
 from ..harness.smtpsink import SMTPSink
-from ..harness.wiring import install_programs, listfilter_spool, wire
+from ..harness.wiring import STORE_BACKENDS, install_programs, listfilter_spool, store_table, wire
 
 pytestmark = pytest.mark.integration
 
@@ -87,10 +87,10 @@ class Site:
                  email.message_from_bytes(m.data, policy=email.policy.default)) for m in got]
 
 
-@pytest.fixture(scope="module")
-def site():
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def site(request):
     ensure_user("listfilter")
-    with traversable_tmpdir() as base, SMTPSink() as sink:
+    with traversable_tmpdir() as base, SMTPSink() as sink, store_table(request.param, base) as store:
         program = install_programs(base / "bin")
         pf = PostfixInstance(base / "postfix", relay_port=sink.port)
         wrapper = base / "bin" / "sendmail"
@@ -113,10 +113,7 @@ map_type = "hash"
 [roster]
 source = "csv"
 csv = "{base / 'roster.csv'}"
-[store]
-backend = "sqlite"
-path = "{base / 'state' / 'maillog.sqlite'}"
-[web]
+{store}[web]
 url = "{WEB_URL}"
 [web.accounts]
 "{OWNER}" = "{A.hash_password('not used here')}"
