@@ -250,21 +250,9 @@ def body_view(text: str | None) -> dict:
         try:
             msg = email.parser.Parser(policy=email.policy.default).parsestr(
                 f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n{text}')
-            parts, attachments, html = [], [], []
-            for part in msg.walk():
-                if part.is_multipart():
-                    continue
-                ctype = part.get_content_type()
-                if part.get_filename() or part.get_content_disposition() == "attachment":
-                    attachments.append(oneline(part.get_filename() or ctype))
-                elif ctype == "text/plain":
-                    parts.append(("text", part.get_content()))
-                elif ctype == "text/html":
-                    html.append(("HTML, shown as text", part.get_content()))
-                else:
-                    attachments.append(ctype)
-            if parts or html or attachments:
-                return {"parts": parts or html, "attachments": attachments, "source": text, "decoded": True}
+            parts, attachments = readable_parts(msg)
+            if parts or attachments:
+                return {"parts": parts, "attachments": attachments, "source": text, "decoded": True}
         except Exception:  # a body that only looks multipart: show it as it is
             pass
     return {"parts": [("text", text)], "attachments": [], "source": text, "decoded": False}
@@ -278,25 +266,31 @@ def held_view(message: bytes) -> dict:
     head = message.replace(b"\r\n", b"\n").partition(b"\n\n")[0].decode("utf-8", "replace")
     unfolded = head.replace("\n ", " ").replace("\n\t", " ")  # RFC 5322 §2.2.3
     headers = [oneline(line) for line in unfolded.split("\n") if line.strip()]
-    parts, html, attachments = [], [], []
     try:
-        msg = message_from_bytes(message, policy=email.policy.default)
-        for part in msg.walk():
-            if part.is_multipart():
-                continue
-            ctype = part.get_content_type()
-            if part.get_filename() or part.get_content_disposition() == "attachment":
-                attachments.append(oneline(part.get_filename() or ctype))
-            elif ctype == "text/plain":
-                parts.append(("text", part.get_content()))
-            elif ctype == "text/html":
-                html.append(("HTML, shown as text", part.get_content()))
-            else:
-                attachments.append(ctype)
+        parts, attachments = readable_parts(message_from_bytes(message, policy=email.policy.default))
     except Exception:  # a message the parser cannot take apart: its source is all there is
-        parts, html, attachments = [], [], []
+        parts, attachments = [], []
     source = message[:LIST_BODY_CHARS * 16].decode("utf-8", "replace")
-    return {"headers": headers, "parts": parts or html, "attachments": attachments, "source": source}
+    return {"headers": headers, "parts": parts, "attachments": attachments, "source": source}
+
+
+def readable_parts(msg) -> tuple[list[tuple[str, str]], list[str]]:
+    """A parsed message's text parts, as (label, text) (its HTML parts, as text, only when it has no
+    plain text), and the names of the rest (attachments, other types)."""
+    parts, html, attachments = [], [], []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        if part.get_filename() or part.get_content_disposition() == "attachment":
+            attachments.append(oneline(part.get_filename() or ctype))
+        elif ctype == "text/plain":
+            parts.append(("text", part.get_content()))
+        elif ctype == "text/html":
+            html.append(("HTML, shown as text", part.get_content()))
+        else:
+            attachments.append(ctype)
+    return parts or html, attachments
 
 
 #: Events older than this still waiting in the spool mean sync is not ingesting them.

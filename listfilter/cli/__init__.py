@@ -42,6 +42,19 @@ def load_config(ctx: click.Context):
     return C.load(ctx.obj["config"])
 
 
+def open_current_store(config):
+    """The config's mail log store, open, with its schema checked (StoreError: missing, out of date)."""
+    from ..store import database as ST
+
+    opened = ST.open_store(config.store)
+    try:
+        opened.require_current()
+    except BaseException:
+        opened.close()
+        raise
+    return opened
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH", envvar=CONFIG_ENV,
               default=DEFAULT_CONFIG, show_default=True, show_envvar=True,

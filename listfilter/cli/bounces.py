@@ -13,19 +13,7 @@ import click
 
 from ..common.words import plural
 
-from . import cli, fail, load_config
-
-
-def _open(ctx):
-    from ..store import database as ST
-
-    store = ST.open_store(load_config(ctx).store)
-    try:
-        store.require_current()
-    except BaseException:
-        store.close()
-        raise
-    return store
+from . import cli, fail, load_config, open_current_store
 
 
 @cli.group(invoke_without_command=True)
@@ -43,7 +31,7 @@ def bounces(ctx, as_json):
         return
     from ..store import bounces as B
 
-    with _open(ctx) as store:
+    with open_current_store(load_config(ctx)) as store:
         scores, notices = B.scores(store), B.notices(store)
     if as_json:
         click.echo(json.dumps({"scores": [s.as_json() for s in scores],
@@ -89,7 +77,7 @@ def bounces_records(ctx, days, not_counted, limit, as_json):
     """
     from ..store import bounces as B
 
-    with _open(ctx) as store:
+    with open_current_store(load_config(ctx)) as store:
         rows = B.records(store, days=days, not_counted=not_counted, limit=limit)
     if as_json:
         click.echo(json.dumps([r.as_json() for r in rows], indent=2))
@@ -114,7 +102,7 @@ def bounces_clear(ctx, address):
     from ..store import bounces as B
 
     address = address.strip().lower()
-    with _open(ctx) as store:
+    with open_current_store(load_config(ctx)) as store:
         was = B.clear(store, address)
     if was is None:
         fail(f"no bounce score for {address}")

@@ -20,8 +20,8 @@ import zoneinfo
 import click
 
 from ..common.words import plural
-from . import cli, fail, load_config
-from .members import _open, _sync_now, actor
+from . import cli, fail, load_config, open_current_store
+from .members import _sync_now, actor
 
 #: How many held posts the list shows at most (newest first).
 LIMIT = 200
@@ -69,7 +69,7 @@ def held(ctx, list_name, show_all, as_json):
     lists = [MS.list_address(config, list_name)] if list_name else None
     status = ("held", *MOD.DECIDED_STATUSES) if show_all else ("held",)
     tz = zoneinfo.ZoneInfo(config.site.timezone)
-    with _open(config) as store:
+    with open_current_store(config) as store:
         posts = MOD.held_posts(store, lists=lists, status=status, limit=LIMIT)
     if as_json:
         click.echo(json.dumps([_as_json(p) for p in posts], indent=2))
@@ -112,7 +112,7 @@ def held_show(ctx, held_id, as_json):
 
     config = load_config(ctx)
     tz = zoneinfo.ZoneInfo(config.site.timezone)
-    with _open(config) as store:
+    with open_current_store(config) as store:
         post = _post(store, held_id)
     view = held_view(post.message)
     if as_json:
@@ -145,7 +145,7 @@ def _decide(ctx, held_id: str, action: str, sync_now: bool) -> None:
     config = load_config(ctx)
     tz = zoneinfo.ZoneInfo(config.site.timezone)
     now = dt.datetime.now(dt.timezone.utc)
-    with _open(config) as store:
+    with open_current_store(config) as store:
         post = _post(store, held_id)
         result = MOD.decide(store, post.id, action, actor(), "cli", now)
         if not result.changed:

@@ -21,7 +21,7 @@ import click
 
 from ..common.words import plural
 from ..store import membership as MS
-from . import cli, fail, load_config
+from . import cli, fail, load_config, open_current_store
 
 #: The subcommands; any other first argument is a LIST, shown (``members LIST`` is ``members show LIST``).
 SUBCOMMANDS = ("show", "add", "remove", "changes", "pending", "admit", "deny")
@@ -58,18 +58,6 @@ def actor() -> str:
     user = getpass.getuser()
     sudo = os.environ.get("SUDO_USER", "")
     return f"{sudo} (sudo {user})" if sudo and sudo != user else user
-
-
-def _open(config):
-    from ..store import database as ST
-
-    store = ST.open_store(config.store)
-    try:
-        store.require_current()
-    except BaseException:
-        store.close()
-        raise
-    return store
 
 
 def _sync_now(ctx) -> None:
@@ -131,7 +119,7 @@ def members_add(ctx, list_name, address, name, until, sync_now):
     tz = zoneinfo.ZoneInfo(config.site.timezone)
     ends = MS.parse_until(until, tz) if until else None
     held = MS.installed_source(config, lst, email)
-    with _open(config) as store:
+    with open_current_store(config) as store:
         change = MS.add(store, lst, email, name, ends, actor(), "cli", tz=tz)
     when = f"until {MS.describe_until(ends, tz)}" if ends else "with no end date"
     if change is None:
@@ -160,7 +148,7 @@ def members_remove(ctx, list_name, address, sync_now):
     config = load_config(ctx)
     lst = MS.list_address(config, list_name)
     email = MS.parse_address(address)
-    with _open(config) as store:
+    with open_current_store(config) as store:
         change = MS.remove(store, lst, email, actor(), "cli", config=config)
     click.echo(f"removed {change.email}'s extra membership of {lst}; it takes effect at the next sync")
     if sync_now:
@@ -180,7 +168,7 @@ def members_changes(ctx, list_name, limit, as_json):
     config = load_config(ctx)
     lst = MS.list_address(config, list_name)
     tz = zoneinfo.ZoneInfo(config.site.timezone)
-    with _open(config) as store:
+    with open_current_store(config) as store:
         rows = MS.changes(store, lst, limit)
     if as_json:
         click.echo(json.dumps([c.as_json() for c in rows], indent=2))
@@ -215,7 +203,7 @@ def members_pending(ctx, list_name, as_json):
     lst = MS.list_address(config, list_name) if list_name else None
     tz = zoneinfo.ZoneInfo(config.site.timezone)
     days = dt.timedelta(days=config.site.confirm_days)
-    with _open(config) as store:
+    with open_current_store(config) as store:
         waiting = RQ.join_requests(store, lst)
     if as_json:
         click.echo(json.dumps([{"list": r.list_address, "email": r.email, "name": r.name,
@@ -238,7 +226,7 @@ def _decide_join(ctx, list_name: str, address: str, action: str, sync_now: bool)
     config = load_config(ctx)
     lst = MS.list_address(config, list_name)
     email = MS.parse_address(address)
-    with _open(config) as store:
+    with open_current_store(config) as store:
         judged = RQ.owner_decision(config, store, lst, email, action, actor(), "cli", dt.datetime.now(dt.timezone.utc))
     if not judged.changed:
         fail(judged.message)

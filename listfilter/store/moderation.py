@@ -292,30 +292,39 @@ def release(config, store, lists, now) -> tuple[list[str], list[str]]:
     except SnapshotError as exc:
         return [], [f"moderation: approved posts not released: {exc}"]
     with snap:
-        after = ""
-        while True:
-            with store.transaction():
-                rows = store._q(f"SELECT {_COLUMNS}, message FROM held_posts WHERE status = 'approved' AND id > ?"
-                                f" ORDER BY id LIMIT 1{_lock(store, skip_locked=True)}", (after,))
-                if not rows:
-                    return notes, warnings
-                post = _row(store, rows[0], with_message=True)
-                after = post.id
-                if snap.approved(post.list_address, post.id) != post.post_key:
-                    continue  # approved after this sync's snapshot was made: the next one lets it through
-                message = f"{APPROVED_HEADER}: {post.id}\n".encode("ascii") + post.message
-                try:
-                    submit(config.site.sendmail, post.envelope_sender, [post.list_address], message,
-                           timeout=SEND_TIMEOUT)
-                except (SendError, OSError) as exc:
-                    why = str(exc) if isinstance(exc, SendError) else f"{config.site.sendmail}: {exc}"
-                    warnings.append(f"moderation: the approved post {post.id} to {post.list_address} was not"
-                                    f" released ({why}); retried at the next sync")
-                    continue
-                store._execute("UPDATE held_posts SET status = 'released', released_at = ? WHERE id = ?",
-                               (store._ts(now), post.id))
-                notes.append(f"moderation: released the approved post from {post.sender_email} to"
-                             f" {post.list_address}")
+        for post in _one_by_one(store, "status = 'approved'"):
+            if snap.approved(post.list_address, post.id) != post.post_key:
+                continue  # approved after this sync's snapshot was made: the next one lets it through
+            message = f"{APPROVED_HEADER}: {post.id}\n".encode("ascii") + post.message
+            try:
+                submit(config.site.sendmail, post.envelope_sender, [post.list_address], message,
+                       timeout=SEND_TIMEOUT)
+            except (SendError, OSError) as exc:
+                why = str(exc) if isinstance(exc, SendError) else f"{config.site.sendmail}: {exc}"
+                warnings.append(f"moderation: the approved post {post.id} to {post.list_address} was not"
+                                f" released ({why}); retried at the next sync")
+                continue
+            store._execute("UPDATE held_posts SET status = 'released', released_at = ? WHERE id = ?",
+                           (store._ts(now), post.id))
+            notes.append(f"moderation: released the approved post from {post.sender_email} to"
+                         f" {post.list_address}")
+    return notes, warnings
+
+
+def _one_by_one(store, where: str):
+    """Each held post matching ``where`` (with its message), in id order, each in a transaction of its
+    own with its row locked (SKIP LOCKED on PostgreSQL: two syncs never send the same one); the
+    caller's loop body runs inside that transaction, which commits when it asks for the next."""
+    after = ""
+    while True:
+        with store.transaction():
+            rows = store._q(f"SELECT {_COLUMNS}, message FROM held_posts WHERE {where} AND id > ?"
+                            f" ORDER BY id LIMIT 1{_lock(store, skip_locked=True)}", (after,))
+            if not rows:
+                return
+            post = _row(store, rows[0], with_message=True)
+            after = post.id
+            yield post
 
 
 def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
@@ -328,30 +337,23 @@ def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
 
     by_address = {l.address.lower(): l for l in lists}
     notes, warnings = [], []
-    after = ""
-    while True:
-        with store.transaction():
-            rows = store._q(f"SELECT {_COLUMNS}, message FROM held_posts WHERE status = 'expired' AND notified_at"
-                            f" IS NULL AND id > ? ORDER BY id LIMIT 1{_lock(store, skip_locked=True)}", (after,))
-            if not rows:
-                return notes, warnings
-            post = _row(store, rows[0], with_message=True)
-            after = post.id
-            lst = by_address.get(post.list_address.lower())
-            if lst is not None and post.envelope_sender:  # a list gone from the config tells nobody
-                to = [post.envelope_sender]
-                message = expiry_notice(lst, post, now, config.site.timezone)
-                if lst.redirect_to:
-                    message = redirect_header(to) + message
-                try:
-                    submit(config.site.sendmail, "", redirected(to, lst.redirect_to), message, timeout=SEND_TIMEOUT)
-                except (SendError, OSError) as exc:
-                    warnings.append(f"moderation: expiry notice to <{post.envelope_sender}> not sent ({exc});"
-                                    " retried at the next sync")
-                    continue
-                notes.append(f"moderation: told <{post.envelope_sender}> that their post to {post.list_address}"
-                             " expired")
-            store._execute("UPDATE held_posts SET notified_at = ? WHERE id = ?", (store._ts(now), post.id))
+    for post in _one_by_one(store, "status = 'expired' AND notified_at IS NULL"):
+        lst = by_address.get(post.list_address.lower())
+        if lst is not None and post.envelope_sender:  # a list gone from the config tells nobody
+            to = [post.envelope_sender]
+            message = expiry_notice(lst, post, now, config.site.timezone)
+            if lst.redirect_to:
+                message = redirect_header(to) + message
+            try:
+                submit(config.site.sendmail, "", redirected(to, lst.redirect_to), message, timeout=SEND_TIMEOUT)
+            except (SendError, OSError) as exc:
+                warnings.append(f"moderation: expiry notice to <{post.envelope_sender}> not sent ({exc});"
+                                " retried at the next sync")
+                continue
+            notes.append(f"moderation: told <{post.envelope_sender}> that their post to {post.list_address}"
+                         " expired")
+        store._execute("UPDATE held_posts SET notified_at = ? WHERE id = ?", (store._ts(now), post.id))
+    return notes, warnings
 
 
 def expiry_notice(lst, post: HeldPost, now, timezone: str) -> bytes:
