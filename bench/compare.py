@@ -27,7 +27,7 @@ It builds everything it measures in a throw-away directory under /tmp:
 
 mlmmj and mailman3 are installed with apt-get when missing. A system that
 cannot be set up is reported as ``unavailable: <reason>``; nothing is
-estimated. Scenarios (issue 6): P1/P1b the filter process alone, P2 one post
+estimated. Scenarios: P1/P1b the filter process alone, P2 one post
 through Postfix, P3 500 posts to 10 lists at once, P4 sync of 50,000 roster
 rows, P5 listfilter against Mailman 3 and mlmmj, P6 a burst: 200 posts
 released at once with master.cf's ``maxproc`` at 4 and at 100 (how many

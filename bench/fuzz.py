@@ -2,7 +2,7 @@
 """The fuzz run of the mail side: hostile and broken mail through the real ``listfilter-deliver``.
 
 Builds the cases (CPython's email test corpus, our own pathological forms of
-every class of issue 10, and mutations of both: tests/fuzz/cases.py), runs
+every class of hostile mail (docs/fuzz.md), and mutations of both: tests/fuzz/cases.py), runs
 each through ``listfilter-deliver`` with a recording sendmail, checks what
 happened (tests/fuzz/checks.py) and prints the figures: failures by check and
 by family, the worst CPU and wall time and the peak RSS. Failing cases go to

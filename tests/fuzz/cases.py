@@ -12,7 +12,7 @@ Where a case starts (its family)
   ``seed``: one of ours in tests/data/fuzz/. The poster is the From address a
   naive reader takes (Python's own parse of the first From), which is what a
   forger counts on.
-- one family per class of issue 10, each a parametrised generator:
+- one family per class of hostile mail, each a parametrised generator:
   ``utf8`` (8-bit and UTF-8 bytes in any header, the envelope included),
   ``duplicate`` (singleton headers more than once), ``from-display`` (a
   display name that looks like an address, comments, groups, several

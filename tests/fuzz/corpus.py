@@ -10,7 +10,7 @@ Inline messages are the string literals of those modules that begin with two
 header lines, dedented as the tests use them.
 
 ``tests/data/fuzz/*.eml`` are our own small pathological seeds, one or more
-per class of issue 10 (see its README).
+per class of hostile mail (see its README).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def write_snapshot(path: Path, lists: list[CompiledList], *, spool: Path, sendma
 
 
 # --------------------------------------------------------------------------
-# Hostile headers (issue 10): shared by test_message.py and test_headers.py
+# Hostile headers: shared by test_message.py and test_headers.py
 
 #: Characters that Python's ``str.splitlines()`` breaks a line at and Postfix
 #: does not (cleanup(8) ends a line at LF only): the C0 ones and a bare CR, and
@@ -98,7 +98,7 @@ def smuggling_message(place: str, sep: bytes) -> tuple[bytes, list[str], bytes]:
     return b"\n".join(lines) + b"\n\n" + body, [line.split(b":")[0].decode() for line in lines], body
 
 
-#: Header lines the standard library's parser rejects or chokes on (issue 10): each used to defer the message.
+#: Header lines the standard library's parser rejects or chokes on: each used to defer the message.
 STDLIB_REJECTS = [
     b"To: <<<>>>",
     b'To: a@b, ,,, @@@ "unterminated',

@@ -2,7 +2,7 @@
 
 Data-driven: each table is a list of realistic cases, run through the whole
 path a post takes (split, parse once, rewrite, render) and parsed back with
-the standard library. The last part holds issue 10's hostile mail at the unit
+the standard library. The last part holds the hostile mail at the unit
 level (the end-to-end tests through Postfix are tests/integration/): what
 members receive has exactly the fields the rewrite meant, however Postfix or
 Python splits its lines, one of each singleton, no line over 998, and a cost
@@ -446,7 +446,7 @@ def test_own_output_is_a_loop():
 
 
 # --------------------------------------------------------------------------
-# Issue 10: mail the filter must take in its stride, through the rewrite.
+# Hostile mail: what the filter must take in its stride, through the rewrite.
 
 OURS = ["List-Id", "List-Post", "List-Help", "List-Owner", "Precedence", "X-Listfilter-Loop"]
 #: Bytes no header line we hand to sendmail may carry: the controls but TAB and

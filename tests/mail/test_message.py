@@ -2,8 +2,8 @@
 
 Data-driven: each table is a list of realistic cases; every test asserts
 concrete values, parsed back with the standard library where that is what a
-member's software would do. The tables marked "issue 10" are the classes of
-hostile mail the filter must take in its stride.
+member's software would do. The sections marked "Hostile mail" are the classes of
+input the filter must take in its stride.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def test_split_message(raw, fields, body):
 
 
 # --------------------------------------------------------------------------
-# Issue 10: header injection through characters Python treats as line breaks
+# Hostile mail: header injection through characters Python treats as line breaks
 # and Postfix does not. Split the Postfix way, the message has exactly the
 # fields its author wrote (the smuggled "fields" are text inside one of them).
 
@@ -410,7 +410,7 @@ def test_raw_all_leaves_encoded_words_encoded():
     assert headers.names() == ["Subject"]
 
 
-# Issue 10: raw UTF-8 and legacy 8-bit bytes are read as mail clients read them
+# Hostile mail: raw UTF-8 and legacy 8-bit bytes are read as mail clients read them
 # (UTF-8, else Windows-1252, else Latin-1), never as U+FFFD; control characters
 # are spaces; values are cut before a parser sees them.
 RAW_VALUES = [
@@ -483,7 +483,7 @@ def test_two_content_types_are_read_as_none():
 
 
 # --------------------------------------------------------------------------
-# Issue 10: who the From header names. The angle-addr a client shows is the
+# Hostile mail: who the From header names. The angle-addr a client shows is the
 # address; a From whose parse and angle-addr disagree, a group, several
 # mailboxes, two From (or Sender) fields, an unreadable or too long From name
 # nobody (problem says why, and contains the word given here).
@@ -601,7 +601,7 @@ def test_the_from_checked_is_the_from_the_stdlib_reads(value, name, address, pro
 
 
 # --------------------------------------------------------------------------
-# Issue 10: values the standard library's parser rejects never raise here
+# Hostile mail: values the standard library's parser rejects never raise here
 # (they used to defer the message, for days).
 
 

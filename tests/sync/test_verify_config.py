@@ -64,7 +64,7 @@ def test_off_everywhere_without_verify():
 
 
 def test_with_verify_on_where_posting_is_a_privilege():
-    """Roles and allowlists: on; a list whose members may post: off (issue 12)."""
+    """Roles and allowlists: on; a list whose members may post: off."""
     config = parse()
     assert required(config) == {"students": True, "staff": True, "club": False, "mixed": False}
     assert config.verify == C.VerifySettings()
