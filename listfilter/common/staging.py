@@ -20,6 +20,14 @@ def redirected(recipients: list[str], redirect_to: str | None) -> list[str]:
     return [redirect_to] if recipients else []
 
 
+def through_valve(recipients: list[str], message: bytes, redirect_to: str | None) -> tuple[list[str], bytes]:
+    """One submission through the staging valve: where it really goes, and the message (naming the real
+    ``recipients`` in :data:`REDIRECT_HEADER` while the valve is on)."""
+    if not redirect_to:
+        return list(recipients), message
+    return redirected(recipients, redirect_to), redirect_header(recipients) + message
+
+
 def redirect_header(recipients: list[str]) -> bytes:
     """The :data:`REDIRECT_HEADER` field (LF-terminated, folded under 78 columns) naming the real
     recipients of a redirected copy: ``3 recipients: a@x, b@y, c@z``, the addresses capped at

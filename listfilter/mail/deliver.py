@@ -426,9 +426,8 @@ class Job:
         note = f", redirected to {staging} (staging)" if staging and owners else ""
         if self.dry:
             return self._dry(f"delivered: would forward to the owners of {self.row.address}{note}", owners, None)
-        message = (ST.redirect_header(owners) + self.raw) if staging else self.raw
         try:
-            submit(self.settings["sendmail"], self.sender, ST.redirected(owners, staging), message)
+            submit(self.settings["sendmail"], self.sender, *ST.through_valve(owners, self.raw, staging))
         except SendError as exc:
             raise Defer(str(exc)) from None
         return f"{kind} mail for {self.row.address} forwarded to {plural(len(owners), 'owner')}{note}"

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import datetime as dt
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import make_msgid
 
 from ..common import spool as SP
 from ..common import staging as ST
@@ -59,12 +57,12 @@ from ..common.addresses import owner_address, request_address
 from ..common.errors import Defer
 from ..common.events import now_utc, random_id, stable_id
 from ..common.snapshot import fill_notice
+from .notices import field_line as _field
+from .notices import text_message
 
 #: How much of the held post's body the owners' notice quotes.
 EXCERPT_LINES = 12
 EXCERPT_CHARS = 1500
-#: The held post's fields in the notices are cut to this many characters.
-FIELD_LIMIT = 300
 
 
 def hold(job, decision, progress=None) -> str:
@@ -103,9 +101,10 @@ def hold(job, decision, progress=None) -> str:
         if slot is None:
             why_not = f"notice limit reached ({limit} today)"
     poster_notice = None
+    sender = Address(display_name=f"{row.display_name} (list owner)", addr_spec=owner_address(row.address))
     if why_not is None:
-        poster_notice = text_message(row, to=[job.sender], subject=f"Your message to {row.address} is held:"
-                                     f" {subject}", text=fill_notice(poster_text, **fields), now=now,
+        poster_notice = text_message(row, sender=sender, to=[job.sender], subject=f"Your message to {row.address}"
+                                     f" is held: {subject}", text=fill_notice(poster_text, **fields), now=now,
                                      in_reply_to=message_id, auto="auto-replied")
     poster_note = (f"the poster was told (<{job.sender}>)" if poster_notice is not None
                    else f"no notice to the poster ({why_not})")
@@ -118,7 +117,8 @@ def hold(job, decision, progress=None) -> str:
     until = int(expires.timestamp())
     approve = tokens.make(key, "approve", row.address, held_id, until)
     discard = tokens.make(key, "discard", row.address, held_id, until)
-    owners_notice = text_message(row, to=owners, subject=f"Held for {row.address}: {subject[:80]}: approve {approve}",
+    owners_notice = text_message(row, sender=sender, to=owners,
+                                 subject=f"Held for {row.address}: {subject[:80]}: approve {approve}",
                                  text=fill_notice(owners_text, **fields, token=approve, second_token=discard,
                                                   excerpt=excerpt(job.headers, job.raw)),
                                  now=now, auto="auto-generated", reply_to=request_address(row.address))
@@ -133,11 +133,9 @@ def hold(job, decision, progress=None) -> str:
     sendmail = settings["sendmail"]
     try:
         if owners:
-            submit(sendmail, "", ST.redirected(owners, staging),
-                   (ST.redirect_header(owners) + owners_notice) if staging else owners_notice)
+            submit(sendmail, "", *ST.through_valve(owners, owners_notice, staging))
         if poster_notice is not None:
-            submit(sendmail, "", ST.redirected([job.sender], staging),
-                   (ST.redirect_header([job.sender]) + poster_notice) if staging else poster_notice)
+            submit(sendmail, "", *ST.through_valve([job.sender], poster_notice, staging))
     except SendError as exc:
         if slot is not None:
             SP.release_notice(slot)
@@ -167,29 +165,6 @@ def decide_by_reply(job, claim, sender: str) -> str:
         SP.write_request(job.spool, request)
     return (f"{claim.action} of held post {claim.subject} on {claim.list_address} by <{sender}> recorded;"
             " sync applies it")
-
-
-def text_message(row, *, to: list[str], subject: str, text: str, now: dt.datetime, auto: str,
-                 in_reply_to: str = "", reply_to: str = "") -> bytes:
-    """One of the list's messages as LF-terminated bytes, From its owner address, marked ``Auto-Submitted``
-    (RFC 3834 §5) and sent with the null envelope sender by the caller."""
-    from .message import make_policy
-
-    msg = EmailMessage(policy=make_policy("\n"))
-    msg["From"] = Address(display_name=f"{row.display_name} (list owner)", addr_spec=owner_address(row.address))
-    msg["To"] = ", ".join(to)
-    if reply_to:
-        msg["Reply-To"] = reply_to
-    msg["Subject"] = subject
-    msg["Date"] = now
-    msg["Message-ID"] = make_msgid(domain=row.domain)
-    if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
-        msg["References"] = in_reply_to
-    msg["Auto-Submitted"] = auto
-    cte = "7bit" if text.isascii() and all(len(line) <= 998 for line in text.split("\n")) else "quoted-printable"
-    msg.set_content(text, cte=cte)
-    return msg.as_bytes()
 
 
 def excerpt(headers, raw: bytes) -> str:
@@ -228,6 +203,3 @@ def excerpt(headers, raw: bytes) -> str:
     return "\n".join(shown) or "    (empty)"
 
 
-def _field(value: str | None) -> str:
-    text = " ".join((value or "").split())
-    return text if len(text) <= FIELD_LIMIT else text[:FIELD_LIMIT - 1] + "…"

@@ -196,15 +196,16 @@ def _recipient(envelope_sender: str) -> Address:
         return Address(username=local or addr, domain=domain if local else "")
 
 
-def _text_cte(text: str) -> str:
+def text_cte(text: str) -> str:
     """7bit where RFC 5322 allows it (ASCII, lines of at most 998), else quoted-printable."""
     if text.isascii() and all(len(line) <= 998 for line in text.split("\n")):
         return "7bit"
     return "quoted-printable"
 
 
-def _field(value: str | None) -> str:
-    """A per-message field on one line, at most :data:`FIELD_LIMIT` characters."""
+def field_line(value: str | None) -> str:
+    """A per-message field on one line, at most :data:`FIELD_LIMIT` characters (every notice's, and the
+    held post's and the requests' answers)."""
     text = " ".join(_CONTROLS.sub(" ", value or "").split())
     return text if len(text) <= FIELD_LIMIT else text[:FIELD_LIMIT - 1] + "…"
 
@@ -251,7 +252,7 @@ def _attachment(header_block: bytes) -> str:
     writes a non-ASCII byte as three) would take it past :data:`HEADERS_LIMIT`
     as sent."""
     text = attached_headers(header_block)
-    if _text_cte(text) == "7bit":
+    if text_cte(text) == "7bit":
         return text
     data = text.encode("utf-8")
     sent = len(data) + 2 * sum(1 for b in data if b >= 0x80 or b == 0x3D)  # "=XX"
@@ -262,6 +263,27 @@ def _attachment(header_block: bytes) -> str:
 
 def _message_ids(text: str | None) -> list[str]:
     return _MSGID.findall(text[:64 * 1024]) if text else []
+
+
+def text_message(row, *, sender: Address, to: list[str], subject: str, text: str, now: datetime.datetime,
+                 auto: str = "auto-replied", in_reply_to: str = "", reply_to: str = "") -> bytes:
+    """One of the list's own plain-text messages (an answer to a request, a held post's notices) as
+    LF-terminated bytes: From ``sender`` (the list's -request or -owner address), marked
+    ``Auto-Submitted`` (RFC 3834 §5); the caller sends it with the null envelope sender."""
+    msg = EmailMessage(policy=make_policy("\n"))
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    msg["Subject"] = subject
+    msg["Date"] = now
+    msg["Message-ID"] = make_msgid(domain=row.domain)
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    msg["Auto-Submitted"] = auto
+    msg.set_content(text, cte=text_cte(text))
+    return msg.as_bytes()
 
 
 def build_refusal_notice(*, original_headers: bytes, lst, poster: str | None, envelope_sender: str, reason: str,
@@ -279,14 +301,14 @@ def build_refusal_notice(*, original_headers: bytes, lst, poster: str | None, en
     :func:`notice_suppressed` first.
     """
     orig = parsed if parsed is not None else parse_headers(original_headers)
-    subject = _field(header_text(orig, "Subject"))
-    orig_date = _field(header_text(orig, "Date"))
+    subject = field_line(header_text(orig, "Subject"))
+    orig_date = field_line(header_text(orig, "Date"))
     orig_id = _message_ids(header_text(orig, "Message-ID"))[:1]
     references = [r for r in _message_ids(header_text(orig, "References")) if r not in orig_id]
 
-    text = fill_notice(lst.notice if orig_date else lst.notice_undated, poster=_field(poster) or NO_ADDRESS,
+    text = fill_notice(lst.notice if orig_date else lst.notice_undated, poster=field_line(poster) or NO_ADDRESS,
                        original_subject=subject or "(no subject)", original_date=orig_date,
-                       reason=_field(reason))
+                       reason=field_line(reason))
 
     msg = EmailMessage(policy=make_policy("\n"))
     msg["From"] = Address(display_name=f"{lst.display_name} (list owner)", addr_spec=owner_address(lst.address))
@@ -307,9 +329,9 @@ def build_refusal_notice(*, original_headers: bytes, lst, poster: str | None, en
         msg["In-Reply-To"] = orig_id[0]
         msg["References"] = " ".join(references[-(REFERENCES_LIMIT - 1):] + orig_id)
     msg["Auto-Submitted"] = "auto-replied"
-    msg.set_content(text, cte=_text_cte(text))
+    msg.set_content(text, cte=text_cte(text))
 
     headers_text = _attachment(original_headers)
-    msg.add_attachment(headers_text, subtype="rfc822-headers", cte=_text_cte(headers_text),
+    msg.add_attachment(headers_text, subtype="rfc822-headers", cte=text_cte(headers_text),
                        disposition="inline", filename="original-headers.txt")
     return msg.as_bytes()

@@ -44,8 +44,6 @@ import sys
 import time
 from collections import namedtuple
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 
 from ..common import spool as SP
 from ..common import staging as ST
@@ -54,7 +52,7 @@ from ..common.addresses import owner_address, request_address
 from ..common.errors import Defer, ListfilterError
 from ..common.events import Request, now_utc, stable_id
 from ..common.snapshot import fill_notice
-from .message import header_text, make_policy, poster_of
+from .message import header_text, poster_of
 
 JOIN_WORDS = ("join", "subscribe")
 LEAVE_WORDS = ("leave", "unsubscribe", "signoff")
@@ -194,11 +192,15 @@ def ask(job, action: str) -> str:
                       reason=f"{to} is on this list because its owners put it there ({member[2]}), so only"
                              f" they can take it off: write to {owner_address(row.address)}.\n\n",
                       note=f"leave request from <{to}> for {row.address}: a {member[2]} member, not joined")
-    key = TK.load_key(job.settings["token_key"])  # missing: Defer, the world may change
-    expires = int(time.time()) + int(job.settings["confirm_days"]) * 86400
+    key, expires = _signing(job)
     token = TK.make(key, action, row.address, to.lower(), expires)
     return answer(job, f"{action}-confirm", to, address=to, token=token, expires=_when(job, expires),
                   subject=f"confirm {token}", note=f"{action} request from <{to}> for {row.address}: confirmation sent")
+
+
+def _signing(job) -> tuple[bytes, int]:
+    """The token key (missing: Defer, the world may change) and when a token made now expires."""
+    return TK.load_key(job.settings["token_key"]), int(time.time()) + int(job.settings["confirm_days"]) * 86400
 
 
 # --------------------------------------------------------------------------
@@ -267,8 +269,7 @@ def _act(job, claim: TK.Claim, token: str) -> str:
         _request(job, token, "join", claim.subject, joiner_name, by)
         return f"join of <{claim.subject}> to {row.address} confirmed by <{by}>: recorded for sync"
     _request(job, token, "pending", claim.subject, joiner_name, by)
-    key = TK.load_key(job.settings["token_key"])
-    expires = int(time.time()) + int(job.settings["confirm_days"]) * 86400
+    key, expires = _signing(job)
     admit = TK.make(key, "admit", row.address, claim.subject, expires)
     deny = TK.make(key, "deny", row.address, claim.subject, expires)
     owners = answer(job, "join-admit", list(row.owners), address=claim.subject, token=admit, second_token=deny,
@@ -304,19 +305,10 @@ def build_answer(row, kind: str, to: list[str], text: str, *, subject: str, now:
                  in_reply_to: str = "") -> bytes:
     """One answer From the list's -request address (where a reply must come back, the owners' too:
     -owner mail goes straight to the owners), as LF-terminated bytes."""
-    msg = EmailMessage(policy=make_policy("\n"))
-    msg["From"] = Address(display_name=" ".join(row.display_name.split()), addr_spec=request_address(row.address))
-    msg["To"] = ", ".join(to)
-    msg["Subject"] = subject
-    msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = make_msgid(domain=row.domain)
-    if in_reply_to:
-        msg["In-Reply-To"] = in_reply_to
-        msg["References"] = in_reply_to
-    msg["Auto-Submitted"] = "auto-replied"
-    cte = "7bit" if text.isascii() and all(len(line) <= 998 for line in text.split("\n")) else "quoted-printable"
-    msg.set_content(text, cte=cte)
-    return msg.as_bytes()
+    from .notices import text_message
+
+    sender = Address(display_name=" ".join(row.display_name.split()), addr_spec=request_address(row.address))
+    return text_message(row, sender=sender, to=to, subject=subject, text=text, now=now, in_reply_to=in_reply_to)
 
 
 def answer(job, kind: str, to, *, note: str = "", subject: str = "", limited: bool = True, **fields: str) -> str:
@@ -341,17 +333,15 @@ def answer(job, kind: str, to, *, note: str = "", subject: str = "", limited: bo
                            subject=subject or SUBJECTS.get(kind, "{name}").format(name=row.display_name),
                            in_reply_to=message_id if message_id.startswith("<") and len(message_id) < 250 else "")
     staging = row.redirect_to
-    if staging:
-        message = ST.redirect_header(recipients) + message
     where = f"{kind} sent to {', '.join('<' + r + '>' for r in recipients)}" + (
         f", redirected to {staging} (staging)" if staging else "")
     if job.dry:
-        job._dry(f"{note}; {where}", ST.redirected(recipients, staging), message)
+        job._dry(f"{note}; {where}", *ST.through_valve(recipients, message, staging))
         return ""
     from ..common.sendmail import SendError, submit
 
     try:
-        submit(job.settings["sendmail"], "", ST.redirected(recipients, staging), message)
+        submit(job.settings["sendmail"], "", *ST.through_valve(recipients, message, staging))
     except SendError as exc:
         if slot is not None:
             SP.release_notice(slot)

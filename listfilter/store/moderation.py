@@ -333,7 +333,7 @@ def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
     :func:`listfilter.mail.notices.notice_suppressed`, on the headers as they came); a post whose
     poster may not be answered came into the store with its notice settled (:func:`ingest`)."""
     from ..common.sendmail import SendError, submit
-    from ..common.staging import redirect_header, redirected
+    from ..common.staging import through_valve
 
     by_address = {l.address.lower(): l for l in lists}
     notes, warnings = [], []
@@ -342,10 +342,8 @@ def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
         if lst is not None and post.envelope_sender:  # a list gone from the config tells nobody
             to = [post.envelope_sender]
             message = expiry_notice(lst, post, now, config.site.timezone)
-            if lst.redirect_to:
-                message = redirect_header(to) + message
             try:
-                submit(config.site.sendmail, "", redirected(to, lst.redirect_to), message, timeout=SEND_TIMEOUT)
+                submit(config.site.sendmail, "", *through_valve(to, message, lst.redirect_to), timeout=SEND_TIMEOUT)
             except (SendError, OSError) as exc:
                 warnings.append(f"moderation: expiry notice to <{post.envelope_sender}> not sent ({exc});"
                                 " retried at the next sync")

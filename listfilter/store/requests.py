@@ -271,7 +271,7 @@ def message(config, lst, domain: str, address: str, kind: str, email: str, now: 
 def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
     """Send the welcome, goodbye and denied messages owed (member_changes.notice, not yet notified_at)."""
     from ..common.sendmail import SendError, submit
-    from ..common.staging import redirect_header, redirected
+    from ..common.staging import through_valve
 
     notes: list[str] = []
     warnings: list[str] = []
@@ -301,10 +301,8 @@ def send_owed(config, store, lists, now) -> tuple[list[str], list[str]]:
                 continue  # the snapshot does not show the change yet (or undid it): not now
             body = message(config, known[address][0], known[address][1], address, kind, email, now)
             staging = lst.redirect_to
-            if staging:
-                body = redirect_header([email]) + body
             try:
-                submit(config.site.sendmail, "", redirected([email], staging), body, timeout=SEND_TIMEOUT)
+                submit(config.site.sendmail, "", *through_valve([email], body, staging), timeout=SEND_TIMEOUT)
             except (SendError, OSError) as exc:
                 warnings.append(f"requests: the {kind} to {email} for {address} not sent: {exc}; retried next sync")
                 continue
