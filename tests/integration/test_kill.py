@@ -107,9 +107,15 @@ class Site:
 
     def copies(self, timeout: float = 300) -> collections.Counter:
         """When Postfix is done: how many copies each member received."""
-        assert self.pf.wait_queue_empty(timeout=timeout), (self.pf.queue()[:3], self.pf.log_tail(30))
+        assert self.pf.wait_queue_empty(timeout=timeout), (self.pf.queue()[:3], self.deliveries())
         members = set(MEMBERS)
         return collections.Counter(r.lower() for r in self.sink.recipients() if r.lower() in members)
+
+    def deliveries(self) -> list[str]:
+        """The log's lines of the pipe deliveries to listfilter and of qmgr's moves (why a post waits)."""
+        return [line for line in self.pf.maillog().splitlines()
+                if "relay=listfilter" in line or "listfilter" in line.split(": ", 1)[0] or "skipped" in line
+                or "(queue active)" in line][-40:]
 
     def progress(self, message_id: str) -> dict:
         from listfilter.common.spool import delivery_key
