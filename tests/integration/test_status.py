@@ -28,6 +28,9 @@ def test_a_deferred_list_copy_is_a_warning(site):  # noqa: F811
     proc = status(site, "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr  # a quiet host first
 
+    # the deferred copy stays deferred while status reads the queue: no retry within the test
+    site.pf.set_main_cf(minimal_backoff_time="300s", maximal_backoff_time="300s")
+    site.pf.reload()
     site.sink.reject[BEN] = BUSY
     site.post("Sunday's flight", "status-1@example.edu")
     site.pf.wait_log(r"to=<ben@example\.org>.*status=deferred", timeout=30)
