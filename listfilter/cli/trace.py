@@ -2,7 +2,9 @@
 
 The account, for each copy of the post Postfix received (its inbound queue
 id): who sent it and from where; the RCPT-time verdict (smtpd's and the
-policy service's refusals; an accepted recipient leaves no line of its own);
+policy service's refusals, and smtpd's ``info: RCPT from`` line for the
+policy service's ``action=INFO`` acceptance of the list, else an accepted
+recipient inferred from the delivery);
 the pipe(8) delivery to listfilter (delay, status); listfilter's decision
 and the rule (its syslog line, else the store's record); the queue id of
 each copy listfilter handed back (one per sendmail batch, found as the mail
@@ -28,6 +30,7 @@ import click
 from ..common.addresses import parse_recipient
 from ..common.events import post_key, stable_id
 from ..common.paths import service_uid
+from ..common.policyline import INFO_TAG
 from ..sync.postfixlog import LogLine, local_zone, parse_line, reinjected
 from . import cli, fail, load_config
 
@@ -38,6 +41,13 @@ _NOTIFICATION = re.compile(r"sender (non-delivery|delivery status|delay) notific
 _REJECT = re.compile(r"^(?:milter-)?reject: (?P<stage>\S+) from (?P<client>\S+): (?P<reply>.*?); from=<")
 #: How far from a refusal's record (the store's time) its log line may be.
 REJECT_WINDOW = dt.timedelta(minutes=10)
+#: smtpd's line for the policy service's ``action=INFO`` answer, a list post it let through
+#: (access(5)): "info: RCPT from HOST[IP]: listfilter: WHY; from=<S> to=<L> proto=… helo=<…>".
+#: WHY has no ";" (listfilter.common.policyline.info_text), so the first "; from=<" ends it.
+_INFO = re.compile(r"^info: RCPT from (?P<client>\S+): " + re.escape(INFO_TAG) + r"(?P<why>.*?); from=<")
+#: How long before smtpd's "QID: client=" line its NOQUEUE info line may be (the first RCPT
+#: accepted; smtpd creates the queue file right after it).
+INFO_WINDOW = dt.timedelta(minutes=5)
 
 
 def classify(query: str) -> str:
@@ -93,7 +103,8 @@ def collect(paths: list[Path], keep: Callable[[str], bool], since: dt.datetime |
 
 def gather(paths: list[Path], query: str, kind: str, since: dt.datetime | None = None) -> tuple[str, list[LogLine]]:
     """The post's Message-ID and every log line that bears on it (of its queue ids, of the
-    notifications Postfix sent about it, and the refusals at RCPT time around it).
+    notifications Postfix sent about it, and smtpd's refusals and INFO lines for the policy
+    service's acceptances at RCPT time around it: NOQUEUE lines, matched to the post by :func:`build`).
 
     Two or three passes over the log: what names the query, then every queue id
     found with its Message-ID (a queue id's first lines, smtpd's client= and
@@ -121,7 +132,7 @@ def gather(paths: list[Path], query: str, kind: str, since: dt.datetime | None =
     found: list[LogLine] = []
     wanted = set(qids)
     for raw in raw_lines(paths):
-        if not (any(q in raw for q in wanted) or "reject: " in raw):
+        if not (any(q in raw for q in wanted) or "reject: " in raw or "info: RCPT from " in raw):
             continue
         line = parse_line(raw, zone=_log_zone())
         if line is None or (since is not None and line.time < since):
@@ -131,7 +142,8 @@ def gather(paths: list[Path], query: str, kind: str, since: dt.datetime | None =
             n = _NOTIFICATION.search(line.text)
             if n:  # the notification's own lines follow: keep them too
                 wanted.add(n.group(2))
-        elif line.queue_id is None and (_REJECT.match(line.text) or line.text.startswith("policy: reject:")):
+        elif line.queue_id is None and (_REJECT.match(line.text) or line.text.startswith("policy: reject:")
+                                        or _INFO.match(line.text)):
             found.append(line)
     return message_id, found
 
@@ -243,7 +255,7 @@ def build(message_id: str, lines: list[LogLine], entries: dict[str, dict] | None
                 copies.append(_reinjection(r, by_qid, address))
             post["lists"].append({
                 "list": address,
-                "policy": _policy(address, post, rejects),
+                "policy": _policy(address, post, ls, rejects),
                 "decision": decision[-1] if decision else (_decision_from_store(entry) if entry else None),
                 "listfilter_lines": [{"time": _t(ln), "text": ln.text} for ln in ls if _is_listfilter(ln)],
                 "event_id": entry.get("id", "") if entry else "",
@@ -283,11 +295,34 @@ def _inbound(qid: str, ls: list[LogLine], rejects: list[LogLine]) -> dict:
     }
 
 
-def _policy(address: str, post: dict, rejects: list[LogLine]) -> dict:
+def _policy(address: str, post: dict, ls: list[LogLine], rejects: list[LogLine]) -> dict:
+    """The RCPT-time verdict on ``address``: smtpd's INFO line for the policy service's acceptance
+    when the log has it, else inferred (the post reached the list, so its RCPT was accepted)."""
     refused = [r for r in post["refused_at_rcpt"] if r["to"].lower() == address]
-    if refused:  # refused once, then accepted (a retry by the client, or a second RCPT)
-        return {"verdict": "accepted after a refusal", "refusals": refused}
-    return {"verdict": "accepted", "refusals": []}
+    received = next((ln for ln in ls if ln.daemon == "smtpd" and "client" in ln.fields), None)
+    line = _info_line(address, post["from"], received, ls + rejects)
+    if line is None:  # refused once, then accepted (a retry by the client, or a second RCPT)?
+        return {"verdict": "accepted after a refusal" if refused else "accepted", "refusals": refused,
+                "source": "inferred", "time": "", "reason": "", "text": ""}
+    why = _INFO.match(line.text).group("why")
+    return {"verdict": f"accepted by the policy service: {why}", "refusals": refused,
+            "source": "log", "time": _t(line), "reason": why, "text": line.text}
+
+
+def _info_line(address: str, sender: str, received: LogLine | None, lines: list[LogLine]) -> LogLine | None:
+    """smtpd's INFO line for the policy service's acceptance of this post on ``address``: same
+    client, envelope sender and list; the post's own queue id when the line has one (a RCPT after
+    the first accepted one), else NOQUEUE from the same smtpd process within :data:`INFO_WINDOW`
+    before its ``client=`` line (the latest such: an smtpd process serves sessions one after another)."""
+    if received is None:
+        return None  # submitted locally: no RCPT, no policy service
+    client = received.fields.get("client", "")
+    mine = [ln for ln in lines if (m := _INFO.match(ln.text)) and m.group("client") == client
+            and ln.fields.get("to", "").lower() == address and ln.fields.get("from", "").lower() == sender.lower()]
+    queued = [ln for ln in mine if ln.queue_id == received.queue_id]
+    before = [ln for ln in mine if ln.queue_id is None and ln.pid == received.pid and ln.program == received.program
+              and received.time - INFO_WINDOW <= ln.time <= received.time]
+    return queued[0] if queued else max(before, key=lambda ln: ln.time, default=None)
 
 
 def _reinjection(qid: str, by_qid: dict[str, list[LogLine]], address: str) -> dict:
@@ -367,9 +402,12 @@ def render(trace: dict, tz: dt.tzinfo = dt.timezone.utc) -> str:
                    + (f", SASL user {post['sasl_username']}" if post["sasl_username"] else ""))
         for r in post["refused_at_rcpt"]:
             out.append(f"{_clock(r['time'])}  refused at RCPT: <{r['to']}>: {r['reply']}")
-        for lst in post["lists"]:
+        for lst in post["lists"] if post["client"] else ():  # submitted locally: no RCPT
             pol = lst["policy"]
-            out.append(f"{'':19}  RCPT <{lst['list']}>: {pol['verdict']} (the policy service logs refusals only)")
+            if pol.get("source") == "log":
+                out.append(f"{_clock(pol['time'])}  RCPT <{lst['list']}>: {pol['verdict']}")
+            else:
+                out.append(f"{'':19}  RCPT <{lst['list']}>: {pol['verdict']} (no policy line found)")
         for d in post["deliveries"]:
             out.append(f"{_clock(d['time'])}  {d['program']}: to=<{d['to']}> "
                        + _kv(d, "relay", "delay", "delays", "dsn", "status") + f" ({d['reply']})")

@@ -14,12 +14,24 @@ For RCPT to a list address, an envelope sender that may not post gets
 ``action=550 5.7.1 …`` naming the list and who may post (and so does the
 null sender), unless the list would hold their post for its owners
 (``non_member_posts`` or ``non_poster_posts`` = ``hold``: ``deliver`` holds
-it and tells them); everything else gets ``action=DUNNO``. Each refusal is one
+it and tells them); a list post let through gets ``action=INFO …`` (below),
+and everything else ``action=DUNNO``. Each refusal is one
 ``rejected`` event: the list, the envelope sender, the SMTP client's address
 and HELO name, and the reason (no message was received, so nothing else). The sender's own MTA
-tells the sender why, and listfilter has sent nothing: no backscatter. If the
-snapshot cannot be read the answer is DUNNO: the after-queue check in
-``deliver`` still enforces the rule.
+tells the sender why, and listfilter has sent nothing: no backscatter.
+
+Every verdict on a list post is in the log, so that ``listfilter trace``
+reads it rather than infers it. A refusal is smtpd's ``reject:`` line and
+our NOTICE ``policy: reject: …``. An acceptance is answered ``action=INFO
+listfilter: <why>`` rather than DUNNO: smtpd logs ``NOQUEUE: info: RCPT from
+HOST[IP]: listfilter: <why>; from=<S> to=<L> …`` and goes on as for DUNNO
+(access(5), Postfix 3.0 and later; tests/integration/test_policy_service.py
+shows both on a real Postfix). That line reaches Postfix's log wherever it
+is (a postlogd ``maillog_file`` too, where our syslog does not), and it
+carries smtpd's pid and, after the first RCPT, the queue id, so the service
+logs no line of its own for it: one fact, one line. If the snapshot cannot
+be read the answer is DUNNO: the after-queue check in ``deliver`` still
+enforces the rule.
 
 Standard library only, like the rest of the mail side.
 """
@@ -30,6 +42,7 @@ import os
 import sys
 import syslog
 import time
+from dataclasses import dataclass
 
 from ..common import spool as SP
 from ..common.addresses import parse_recipient
@@ -37,9 +50,21 @@ from ..common.events import Event, now_utc, random_id
 from ..common.paths import DEFAULT_SNAPSHOT
 from ..common.snapshot import Snapshot, SnapshotError
 from .command import help_requested, parse, print_help, usage
+from ..common.policyline import info_text
 from .rules import holds
 
 DUNNO = "DUNNO"
+@dataclass(frozen=True)
+class Accept:
+    """A list post the policy service let through at RCPT time, and why (the INFO text smtpd logs)."""
+
+    list_address: str
+    reason: str
+
+    def action(self) -> str:
+        return f"INFO {info_text(self.reason)}"
+
+
 OPTIONS = {"snapshot": DEFAULT_SNAPSHOT}
 HELP = """Answer Postfix policy requests on stdin/stdout (run by spawn(8), one process per smtpd process).
 
@@ -61,8 +86,9 @@ def parse_request(lines: list[str]) -> dict[str, str]:
     return request
 
 
-def decide(request: dict[str, str], get_list, may_post, is_member=None) -> tuple[str, Event | None]:
-    """The action for one request, and the rejection to record (or None).
+def decide(request: dict[str, str], get_list, may_post, is_member=None) -> tuple[str, Event | Accept | None]:
+    """The action for one request, and its verdict on a list post: the rejection to record, the
+    acceptance (answered INFO, for smtpd to log), or None (not a list post: nothing to say).
 
     ``get_list(address)`` returns the snapshot's list row or None;
     ``may_post(list_address, sender)`` answers from the snapshot, and so does
@@ -81,9 +107,12 @@ def decide(request: dict[str, str], get_list, may_post, is_member=None) -> tuple
     if not sender:
         reason = f"<{row.address}> accepts no mail from the null sender"
     elif may_post(row.address, sender):
-        return DUNNO, None
-    elif holds(row, bool(is_member and is_member(row.address, sender))):
-        return DUNNO, None  # deliver holds it for the owners (if its From is the same): not ours to refuse
+        # not the sender's address: smtpd's line says from=<…> itself, as it got it
+        return _accepted(row, f"the sender may post (only {row.posters_rule} may)")
+    elif holds(row, member := bool(is_member and is_member(row.address, sender))):
+        # deliver holds it for the owners (if its From is the same): not ours to refuse
+        setting = "non_poster_posts" if member else "non_member_posts"
+        return _accepted(row, f"held for the owners' approval ({setting} = hold)")
     else:
         reason = f"<{sender}> may not post to <{row.address}>; only {row.posters_rule} may"
     event = Event(id=random_id(), status="rejected", list_address=row.address, created_at=now_utc(),
@@ -93,6 +122,11 @@ def decide(request: dict[str, str], get_list, may_post, is_member=None) -> tuple
     # An explicit 550 rather than REJECT, whose code (access_map_reject_code)
     # defaults to 554: "mailbox unavailable / not allowed" is what this is.
     return f"550 5.7.1 {reason}", event
+
+
+def _accepted(row, reason: str) -> tuple[str, Accept]:
+    accept = Accept(list_address=row.address, reason=reason)
+    return accept.action(), accept
 
 
 class Service:
@@ -120,15 +154,15 @@ class Service:
             self.snap = None
             return DUNNO
         try:
-            action, event = decide(request, snap.get_list, snap.may_post,
-                                   lambda address, sender: snap.member(address, sender) is not None)
+            action, verdict = decide(request, snap.get_list, snap.may_post,
+                                     lambda address, sender: snap.member(address, sender) is not None)
         except SnapshotError as exc:
             syslog.syslog(syslog.LOG_WARNING, f"policy: {exc}; answering DUNNO")
             return DUNNO
-        if event is not None:
-            syslog.syslog(syslog.LOG_NOTICE, f"policy: reject: from=<{event.sender_email}>"
-                                             f" to=<{event.list_address}>: {event.error_message}")
-            self.record(snap, event)
+        if isinstance(verdict, Event):  # an Accept is smtpd's to log (its INFO line)
+            syslog.syslog(syslog.LOG_NOTICE, f"policy: reject: from=<{verdict.sender_email}>"
+                                             f" to=<{verdict.list_address}>: {verdict.error_message}")
+            self.record(snap, verdict)
         return action
 
     def record(self, snap: Snapshot, event: Event) -> None:

@@ -148,3 +148,71 @@ def test_an_event_id_the_store_does_not_have(example_config):
     assert listfilter(example_config, "db", "upgrade").returncode == 0
     ran = listfilter(example_config, "trace", "--log", str(DATA / "trace.log"), "0" * 32)
     assert ran.returncode == 1 and f"no event {'0' * 32} in the mail log store" in ran.stderr
+
+
+def info(time: str, sender: str = "prof@example.edu", client: str = "localhost[127.0.0.1]", qid: str = "NOQUEUE",
+         pid: int = 6978, why: str = "listfilter: the sender may post (only course instructor may)") -> str:
+    """smtpd's line for the policy service's ``action=INFO`` answer, as the private Postfix of
+    tests/integration/test_trace.py logs it (the post of trace.log came through smtpd[6978])."""
+    return (f"Dec 01 {time} mail postfix-test/smtpd[{pid}]: {qid}: info: RCPT from {client}: {why};"
+            f" from=<{sender}> to=<{CLUB}> proto=ESMTP helo=<vm>")
+
+
+def policy_of(tmp_path, *extra: str) -> tuple[dict, str]:
+    """The trace sample with ``extra`` lines put before smtpd's "696DF20F157: client=" line (21:24:44)."""
+    raw = (DATA / "trace.log").read_text().splitlines()
+    at = next(i for i, ln in enumerate(raw) if "696DF20F157: client=" in ln)
+    log = tmp_path / "mail.log"
+    log.write_text("\n".join(raw[:at] + list(extra) + raw[at:]) + "\n")
+    message_id, lines = T.gather([log], TRACE_ID, "message-id")
+    account = T.build(message_id, lines)
+    return account["posts"][0]["lists"][0]["policy"], T.render(account)
+
+
+def test_smtpds_info_line_for_the_policy_service_is_the_rcpt_verdict(tmp_path):
+    policy, text = policy_of(tmp_path, info("21:20:00", sender="Prof@Example.EDU"), info("21:24:44"))
+    assert policy == {"verdict": "accepted by the policy service: the sender may post (only course instructor may)",
+                      "refusals": [], "source": "log", "time": "2026-12-01T21:24:44+00:00",
+                      "reason": "the sender may post (only course instructor may)",
+                      "text": info("21:24:44").partition("NOQUEUE: ")[2]}
+    assert (f"2026-12-01 21:24:44  RCPT <{CLUB}>: accepted by the policy service: the sender may post"
+            " (only course instructor may)\n") in text, text
+    assert "no policy line found" not in text
+
+
+def test_an_info_line_after_the_first_rcpt_is_matched_by_its_queue_id(tmp_path):
+    raw = (DATA / "trace.log").read_text().splitlines()
+    at = next(i for i, ln in enumerate(raw) if "696DF20F157: client=" in ln) + 1
+    log = tmp_path / "mail.log"
+    log.write_text("\n".join(raw[:at] + [info("21:24:44", qid="696DF20F157")] + raw[at:]) + "\n")
+    account = T.build(*T.gather([log], TRACE_ID, "message-id"))
+    policy = account["posts"][0]["lists"][0]["policy"]
+    assert (policy["source"], policy["text"]) == ("log", info("21:24:44").partition("NOQUEUE: ")[2])
+
+
+@pytest.mark.parametrize("line", [
+    info("21:24:44", sender="stranger@example.org"),  # another sender
+    info("21:24:44", client="mx.example.org[192.0.2.7]"),  # another client
+    info("21:24:44", pid=7001),  # another smtpd process: another session
+    info("21:19:43"),  # more than five minutes before the post's client= line
+    info("21:24:45"),  # after it, without a queue id: a later session's
+    info("21:24:44", qid="5A5A5A5A5A"),  # another post's queue id (gather leaves it out)
+    info("21:24:44").replace(CLUB, STUDENTS),  # another list
+    info("21:24:44", why="tagged by the site's own check_client_access"),  # an INFO that is not listfilter's
+])
+def test_an_info_line_of_another_post_is_not_this_ones(tmp_path, line):
+    policy, text = policy_of(tmp_path, line)
+    assert (policy["verdict"], policy["source"], policy["time"]) == ("accepted", "inferred", "")
+    assert f"RCPT <{CLUB}>: accepted (no policy line found)" in text, text
+
+
+def test_a_post_submitted_locally_had_no_rcpt_and_gets_no_policy_verdict(tmp_path):
+    raw = [ln.replace("postfix-test/smtpd[6978]: 696DF20F157: client=localhost[127.0.0.1]",
+                      "postfix-test/pickup[6978]: 696DF20F157: uid=1000 from=<prof@example.edu>")
+           for ln in (DATA / "trace.log").read_text().splitlines()]
+    log = tmp_path / "mail.log"
+    log.write_text("\n".join([info("21:24:44"), *raw]) + "\n")
+    account = T.build(*T.gather([log], TRACE_ID, "message-id"))
+    [post] = account["posts"]
+    assert post["submitted_by_uid"] == "1000" and post["lists"][0]["policy"]["source"] == "inferred"
+    assert "RCPT <" not in T.render(account)

@@ -8,6 +8,11 @@ smtpd_policy_service_max_ttl (1000 s), or smtpd exits (max_idle, max_use).
 Sessions at the same time are served by different smtpd processes, each with
 its own policy process. The processes are counted in /proc (their command
 line names this instance's snapshot), smtpd's from the maillog.
+
+And what the answers leave in Postfix's own log (maillog_file, written by
+postlogd, where the policy service's syslog cannot reach): an allowed sender's
+RCPT is answered action=INFO, which smtpd logs as "info: RCPT from" and then
+goes on as for DUNNO; a refused one gets smtpd's "reject:" line and no info line.
 """
 
 from __future__ import annotations
@@ -103,6 +108,41 @@ def test_one_policy_process_serves_consecutive_sessions(site):
     assert all(seen), seen  # the process outlives each session: smtpd keeps the connection
     assert len(set().union(*seen)) == 1, seen
     assert len(smtpd_processes(pf.maillog()[start:])) == 1, pf.log_tail(20)  # one smtpd process served the three
+
+
+def info_lines(log: str) -> list[str]:
+    return re.findall(r"/smtpd\[\d+\]: (\S+): info: RCPT from (.*)", log)
+
+
+def test_an_allowed_sender_is_accepted_and_smtpd_logs_the_policy_services_info(site):
+    pf, _ = site
+    start = len(pf.maillog())
+    out = pf.swaks("--to", LIST, "--from", "prof@example.edu", "--quit-after", "RCPT")
+    assert f"-> RCPT TO:<{LIST}>\n<-  250 2.1.5 Ok" in out.stdout, out.stdout
+    [(qid, text)] = info_lines(pf.maillog()[start:]) or [("", pf.log_tail(20))]
+    assert qid == "NOQUEUE", text  # the first RCPT: smtpd makes the queue file after it
+    assert text.startswith("localhost[127.0.0.1]: listfilter: the sender may post (only prof@example.edu may);"
+                           f" from=<prof@example.edu> to=<{LIST}> proto=ESMTP helo=<"), text
+
+
+def test_a_later_rcpts_info_line_carries_the_queue_id(site):
+    pf, _ = site
+    start = len(pf.maillog())
+    out = pf.swaks("--to", f"students-owner@{DOMAIN},{LIST}", "--from", "prof@example.edu", "--quit-after", "RCPT")
+    assert out.stdout.count("<-  250 2.1.5 Ok") == 2, out.stdout
+    log = pf.maillog()[start:]
+    qid = re.search(r"/smtpd\[\d+\]: ([0-9A-F]+): client=", log).group(1)
+    assert [q for q, _ in info_lines(log)] == [qid], log  # the owner address is no list post: no info
+
+
+def test_a_refused_sender_gets_smtpds_reject_line_and_no_info(site):
+    pf, _ = site
+    start = len(pf.maillog())
+    out = pf.swaks("--to", LIST, "--from", "stranger@example.org", "--quit-after", "RCPT")
+    assert "<** 550 5.7.1" in out.stdout, out.stdout
+    log = pf.maillog()[start:]
+    assert "NOQUEUE: reject: RCPT from localhost[127.0.0.1]: 550 5.7.1" in log, log
+    assert info_lines(log) == [], log
 
 
 def test_sessions_at_the_same_time_have_a_policy_process_each(site):

@@ -3,10 +3,11 @@ accepts one, defers one with 451 (then accepts it on Postfix's retry) and refuse
 
 The trace, by Message-ID, by the inbound queue id, by the reinjected queue id, by the relay's own
 "queued as" id and by the store's event id, must show the same facts: the inbound queue id (as
-swaks saw Postfix answer), the pipe delivery to listfilter, listfilter's decision and rule (the
-store's record: this test host has no syslog daemon, so listfilter's own syslog line is lost), the
-queue id of the copy listfilter handed back (as the Received header the relay got names it), and
-each member's every attempt with the relay's reply.
+swaks saw Postfix answer), the policy service's verdict at RCPT (smtpd's "info: RCPT from" line
+for its action=INFO answer, in Postfix's own maillog_file), the pipe delivery to listfilter,
+listfilter's decision and rule (the store's record: this test host has no syslog daemon, so
+listfilter's own syslog line is lost), the queue id of the copy listfilter handed back (as the
+Received header the relay got names it), and each member's every attempt with the relay's reply.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ def test_the_trace_by_message_id_tells_the_whole_story(site, post):
     text = site.listfilter("trace", post["message_id"]).stdout
     assert f"received {post['inbound']} from localhost[127.0.0.1], envelope from <{POSTER}>" in text, text
     assert re.search(rf"/pipe: to=<{CLUB}> relay=listfilter, delay=[\d.]+, .*dsn=2\.0\.0, status=sent", text), text
+    assert re.search(rf"\n\S+ \S+  RCPT <{CLUB}>: accepted by the policy service: the sender may post"
+                     rf" \(only {re.escape(POSTER)} may\)\n", text), text
     assert f"listfilter on <{CLUB}>: delivered (3 recipients), rule {post['rule']}  [store, event" in text, text
     assert f"reinjected {post['reinjected']} from <club-bounces@{DOMAIN}>, 3 recipient(s)" in text, text
     assert re.search(rf"{OK} +sent +relay=127\.0\.0\.1\[127\.0\.0\.1\]:{site.sink.port}, dsn=2\.0\.0, .*"
@@ -149,7 +152,15 @@ def test_json_has_the_same_facts(site, post):
     [pipe] = [d for d in inbound["deliveries"] if d["to"] == CLUB]
     assert pipe["relay"] == "listfilter" and pipe["status"] == "sent" and pipe["dsn"] == "2.0.0"
     [lst] = inbound["lists"]
-    assert lst["list"] == CLUB and lst["policy"]["verdict"] == "accepted"
+    assert lst["list"] == CLUB
+    policy = lst["policy"]
+    assert (policy["source"], policy["reason"], policy["refusals"]) == (
+        "log", f"the sender may post (only {POSTER} may)", [])
+    # smtpd's own line, as Postfix's maillog_file has it
+    assert re.search(rf"/smtpd\[\d+\]: NOQUEUE: {re.escape(policy['text'])}$", site.pf.maillog(), re.M), policy
+    assert policy["text"].startswith(f"info: RCPT from localhost[127.0.0.1]: listfilter: {policy['reason']};"
+                                     f" from=<{POSTER}> to=<{CLUB}> proto=ESMTP helo=<"), policy
+    assert policy["time"] <= inbound["time"]
     assert lst["decision"]["status"] == "delivered" and lst["decision"]["rule"] == post["rule"]
     assert lst["decision"]["event_id"] == post["event_id"]
     [copy] = lst["reinjected"]

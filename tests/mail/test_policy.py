@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from listfilter.common.events import Event, from_json, valid_id
+from listfilter.common.policyline import INFO_LIMIT, info_text
 from listfilter.mail import policy as P
 
 from . import list_row
@@ -19,6 +20,7 @@ from .test_deliver import Env
 POLICY = Path(sys.executable).with_name("listfilter-policy")
 STUDENTS = list_row(posters_rule="course instructor, ta")
 ALLOWED = {"prof@example.edu", "ta1@example.edu"}
+MAY_POST = "INFO listfilter: the sender may post (only course instructor, ta may)"
 
 
 def get_list(address):
@@ -36,9 +38,9 @@ def request(**kw) -> dict:
 
 
 DECISIONS = [
-    (request(), "DUNNO"),
-    (request(sender="TA1@Example.EDU"), "DUNNO"),
-    (request(recipient="Students+urgent@Lists.Example.EDU"), "DUNNO"),
+    (request(), MAY_POST),
+    (request(sender="TA1@Example.EDU"), MAY_POST),
+    (request(recipient="Students+urgent@Lists.Example.EDU"), MAY_POST),
     (request(sender="stranger@example.org"),
      "550 5.7.1 <stranger@example.org> may not post to <students@lists.example.edu>;"
      " only course instructor, ta may"),
@@ -55,8 +57,9 @@ DECISIONS = [
 
 @pytest.mark.parametrize("req,action", DECISIONS)
 def test_decide(req, action):
-    got, event = P.decide(req, get_list, may_post)
+    got, verdict = P.decide(req, get_list, may_post)
     assert got == action
+    event = verdict if isinstance(verdict, Event) else None
     assert (event is not None) == action.startswith("550")
     if event:
         assert isinstance(event, Event)
@@ -67,6 +70,88 @@ def test_decide(req, action):
         assert valid_id(event.id) and len(event.id) == 32
         assert dt.datetime.fromisoformat(event.created_at).tzinfo is not None
         assert from_json(event.to_json()) == event  # what ingest reads back
+
+
+ACCEPTS = [  # (request, the acceptance's reason); every DUNNO in DECISIONS has no verdict
+    (request(), "the sender may post (only course instructor, ta may)"),
+    (request(sender="TA1@Example.EDU", recipient="Students+urgent@Lists.Example.EDU", queue_id="4ABC"),
+     "the sender may post (only course instructor, ta may)"),
+]
+
+
+@pytest.mark.parametrize("req,why", ACCEPTS)
+def test_a_list_post_let_through_is_answered_info_for_smtpd_to_log(req, why):
+    action, verdict = P.decide(req, get_list, may_post)
+    assert isinstance(verdict, P.Accept)
+    assert (verdict.list_address, verdict.reason) == ("students@lists.example.edu", why)
+    assert action == f"INFO listfilter: {why}"  # not the sender's address: smtpd logs from=<…> itself
+
+
+@pytest.mark.parametrize("setting, member", [("non_member_posts", False), ("non_poster_posts", True)])
+def test_a_post_deliver_will_hold_is_accepted_and_says_so(setting, member):
+    row = list_row(posters_rule="course instructor, ta", **{setting: "hold"})
+    action, verdict = P.decide(request(sender="stranger@example.org"), lambda a: row, may_post,
+                               lambda address, sender: member)
+    assert action == f"INFO listfilter: held for the owners' approval ({setting} = hold)"
+    assert verdict.reason == f"held for the owners' approval ({setting} = hold)"
+
+
+@pytest.mark.parametrize("reason, text", [
+    ("plain words", "listfilter: plain words"),
+    ("two\nlines\r\n\tand  tabs ", "listfilter: two lines and tabs"),  # one line, as smtpd logs one
+    ("a; from=<x@example.org>", "listfilter: a, from=<x@example.org>"),  # the first "; from=<" is smtpd's
+    ("caf\u00e9 \x00\x7f", "listfilter: caf? ??"),  # printable ASCII only: Postfix would turn the rest into ?
+    ("x" * 500, "listfilter: " + "x" * (INFO_LIMIT - len("listfilter: "))),
+])
+def test_info_text_is_one_short_printable_line(reason, text):
+    assert info_text(reason) == text
+    assert len(info_text(reason)) <= INFO_LIMIT
+
+
+def test_a_posters_rule_postfix_would_mangle_is_cleaned_in_the_answer():
+    row = list_row(posters_rule="Pr\u00fcfer;\nta")
+    action, _ = P.decide(request(), lambda a: row, may_post)
+    assert action == "INFO listfilter: the sender may post (only Pr?fer, ta may)"
+
+
+@pytest.mark.parametrize("req,action", [(r, a) for r, a in DECISIONS if a == "DUNNO"])
+def test_what_is_not_a_list_post_has_no_verdict(req, action):
+    assert P.decide(req, get_list, may_post) == ("DUNNO", None)
+
+
+class FakeSnapshot:
+    def get_list(self, address):
+        return get_list(address)
+
+    def may_post(self, address, sender):
+        return may_post(address, sender)
+
+    def member(self, address, sender):
+        return None
+
+    def settings(self):
+        return {"spool_dir": "/nonexistent/spool"}
+
+
+@pytest.mark.parametrize("req, answer, logged", [
+    # an acceptance is smtpd's to log (the INFO answer): one fact, one line, in Postfix's own log
+    (request(queue_id="4ABC"), MAY_POST, []),
+    (request(sender="stranger@example.org"),
+     "550 5.7.1 <stranger@example.org> may not post to <students@lists.example.edu>; only course instructor, ta may",
+     ["policy: reject: from=<stranger@example.org> to=<students@lists.example.edu>: <stranger@example.org>"
+      " may not post to <students@lists.example.edu>; only course instructor, ta may"]),
+    (request(recipient="students-owner@lists.example.edu"), "DUNNO", []),
+    (request(recipient="nosuch@lists.example.edu"), "DUNNO", []),
+    (request(protocol_state="DATA"), "DUNNO", []),
+])
+def test_the_service_logs_a_refusal_and_answers_an_acceptance_info(monkeypatch, req, answer, logged):
+    lines = []
+    monkeypatch.setattr(P.syslog, "syslog", lambda priority, text: lines.append((priority, text)))
+    service = P.Service("/nonexistent/snapshot.sqlite")
+    monkeypatch.setattr(service, "snapshot", FakeSnapshot)
+    monkeypatch.setattr(service, "record", lambda snap, event: None)
+    assert service.answer(req) == answer
+    assert lines == [(P.syslog.LOG_NOTICE, text) for text in logged]
 
 
 def test_each_rejection_is_its_own_record():
@@ -107,7 +192,7 @@ def test_many_requests_on_one_connection(env):
     out, proc = converse(env, text)
     assert proc.returncode == 0, proc.stderr
     assert out.split("\n\n")[:-1] == [
-        "action=DUNNO",
+        "action=" + MAY_POST,
         "action=550 5.7.1 <stranger@example.org> may not post to <students@lists.example.edu>;"
         " only course instructor, ta may",
         "action=DUNNO",  # the malformed block
@@ -159,7 +244,7 @@ def test_new_snapshot_is_picked_up_mid_connection(env):
                        capture_output=True)
         policy.stdin.write(block(sender="zoe@example.edu"))
         policy.stdin.flush()
-        assert policy.stdout.readline() == "action=DUNNO\n"
+        assert policy.stdout.readline() == f"action={MAY_POST}\n"
     finally:
         policy.stdin.close()
         policy.wait(timeout=10)
