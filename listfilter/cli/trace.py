@@ -269,8 +269,13 @@ def _is_listfilter(line: LogLine) -> bool:
     return line.program.rpartition("/")[2].startswith("listfilter")
 
 
+def _received(ls: list[LogLine]) -> LogLine | None:
+    """smtpd's ``QID: client=`` line of a post received over SMTP (None: submitted locally)."""
+    return next((ln for ln in ls if ln.daemon == "smtpd" and "client" in ln.fields), None)
+
+
 def _inbound(qid: str, ls: list[LogLine], rejects: list[LogLine]) -> dict:
-    received = next((ln for ln in ls if ln.daemon == "smtpd" and "client" in ln.fields), None)
+    received = _received(ls)
     picked = next((ln for ln in ls if ln.daemon == "pickup" and "uid" in ln.fields), None)
     queued = next((ln for ln in ls if ln.daemon == "qmgr" and "nrcpt" in ln.fields), None)
     first = received or picked or ls[0]
@@ -299,8 +304,7 @@ def _policy(address: str, post: dict, ls: list[LogLine], rejects: list[LogLine])
     """The RCPT-time verdict on ``address``: smtpd's INFO line for the policy service's acceptance
     when the log has it, else inferred (the post reached the list, so its RCPT was accepted)."""
     refused = [r for r in post["refused_at_rcpt"] if r["to"].lower() == address]
-    received = next((ln for ln in ls if ln.daemon == "smtpd" and "client" in ln.fields), None)
-    line = _info_line(address, post["from"], received, ls + rejects)
+    line = _info_line(address, post["from"], _received(ls), ls + rejects)
     if line is None:  # refused once, then accepted (a retry by the client, or a second RCPT)?
         return {"verdict": "accepted after a refusal" if refused else "accepted", "refusals": refused,
                 "source": "inferred", "time": "", "reason": "", "text": ""}

@@ -48,12 +48,14 @@ from ..common import spool as SP
 from ..common.addresses import parse_recipient
 from ..common.events import Event, now_utc, random_id
 from ..common.paths import DEFAULT_SNAPSHOT
+from ..common.policyline import info_text
 from ..common.snapshot import Snapshot, SnapshotError
 from .command import help_requested, parse, print_help, usage
-from ..common.policyline import info_text
 from .rules import holds
 
 DUNNO = "DUNNO"
+
+
 @dataclass(frozen=True)
 class Accept:
     """A list post the policy service let through at RCPT time, and why (the INFO text smtpd logs)."""
